@@ -1,0 +1,128 @@
+//! The pure JSON-in, JSON-out entry point shared by every build of a module.
+//!
+//! Native tests, the plain wasm exports and the wasm-bindgen exports all go through
+//! [`run_json`], so the three produce byte-for-byte the same output for the same
+//! input. Input that is not a valid ABI v1 snapshot becomes an error [`Outcome`] that
+//! names the problem; nothing here panics on bad input.
+
+use crate::abi::{ABI_VERSION, Manifest, Outcome, Snapshot};
+use serde::Deserialize;
+use serde_json::error::Category;
+
+/// Why a snapshot could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not JSON at all.
+    #[error("snapshot is not valid JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// The snapshot declares another ABI version.
+    #[error("snapshot has abi {found}, but this module implements abi {ABI_VERSION}")]
+    WrongAbi {
+        /// The version the snapshot declared.
+        found: u64,
+    },
+    /// The JSON does not have the shape of an ABI v1 snapshot.
+    #[error("snapshot does not match abi {ABI_VERSION}: {0}")]
+    Invalid(#[source] serde_json::Error),
+}
+
+/// Decodes an ABI v1 snapshot, telling malformed JSON, a wrong ABI version and a wrong
+/// shape apart.
+pub fn decode_snapshot(input: &[u8]) -> Result<Snapshot, SnapshotError> {
+    match serde_json::from_slice::<Snapshot>(input) {
+        Ok(snapshot) if snapshot.abi == ABI_VERSION => Ok(snapshot),
+        Ok(snapshot) => Err(SnapshotError::WrongAbi { found: snapshot.abi.into() }),
+        Err(err) if matches!(err.classify(), Category::Syntax | Category::Eof | Category::Io) => {
+            Err(SnapshotError::NotJson(err))
+        }
+        Err(err) => {
+            // A snapshot of another ABI may have another shape; say so rather than
+            // report the first field that differs.
+            #[derive(Deserialize)]
+            struct AbiOnly {
+                abi: Option<u64>,
+            }
+            match serde_json::from_slice::<AbiOnly>(input) {
+                Ok(AbiOnly { abi: Some(found) }) if found != u64::from(ABI_VERSION) => {
+                    Err(SnapshotError::WrongAbi { found })
+                }
+                _ => Err(SnapshotError::Invalid(err)),
+            }
+        }
+    }
+}
+
+/// Runs `reconcile` on a JSON snapshot and returns the JSON outcome.
+///
+/// A snapshot that does not decode gives a non-retryable error outcome: the same
+/// input would fail the same way again.
+pub fn run_json(input: &[u8], reconcile: fn(Snapshot) -> Outcome) -> String {
+    let outcome = match decode_snapshot(input) {
+        Ok(snapshot) => reconcile(snapshot),
+        Err(err) => Outcome::error(err.to_string(), false),
+    };
+    encode(&outcome)
+}
+
+/// The manifest as JSON.
+pub fn manifest_json(manifest: fn() -> Manifest) -> String {
+    encode(&manifest())
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> String {
+    // Serializing these types cannot fail: they hold only strings, numbers and JSON
+    // values with string keys. Should it ever, an error outcome still goes out.
+    serde_json::to_string(value).unwrap_or_else(|err| {
+        let message = format!("module could not encode its output: {err}");
+        serde_json::json!({ "error": { "message": message, "retryable": false } }).to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::Action;
+
+    fn echo(snapshot: Snapshot) -> Outcome {
+        Outcome::actions(vec![Action::PatchStatus { status: snapshot.object }])
+    }
+
+    fn run(input: &str) -> String {
+        run_json(input.as_bytes(), echo)
+    }
+
+    #[test]
+    fn valid_snapshot_reaches_reconcile() {
+        let out = run(r#"{"abi":1,"now":"2026-11-26T12:00:00Z","object":{"a":1}}"#);
+        assert_eq!(out, r#"{"actions":[{"op":"patchStatus","status":{"a":1}}]}"#);
+    }
+
+    #[test]
+    fn bad_snapshots_become_errors_that_name_the_problem() {
+        let cases = [
+            ("not json", "snapshot is not valid JSON"),
+            ("", "snapshot is not valid JSON"),
+            (r#"{"abi":1,"now":"x","object":{}"#, "snapshot is not valid JSON"),
+            (r#"{"abi":2,"now":"x","object":{}}"#, "snapshot has abi 2"),
+            (r#"{"abi":7,"something":"else"}"#, "snapshot has abi 7"),
+            (r#"{"abi":1,"now":"x"}"#, "missing field `object`"),
+            (r#"{"abi":1,"object":{}}"#, "missing field `now`"),
+            (r#"[1,2]"#, "snapshot does not match abi 1"),
+            (r#"{"abi":1,"now":"x","object":{},"extra":1}"#, "unknown field `extra`"),
+        ];
+        for (input, expected) in cases {
+            let out: Outcome = serde_json::from_str(&run(input)).expect("outcome parses");
+            match out {
+                Outcome::Error(err) => {
+                    assert!(
+                        err.message.contains(expected),
+                        "{input:?}: {:?} lacks {expected:?}",
+                        err.message
+                    );
+                    assert!(!err.retryable, "{input:?}: a bad snapshot is not retryable");
+                }
+                other => panic!("{input:?}: expected an error, got {other:?}"),
+            }
+        }
+    }
+}
