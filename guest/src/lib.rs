@@ -1,0 +1,1 @@
+//! The DittoFS reconcile module (placeholder; being written).

@@ -1,0 +1,2 @@
+//! The command line (placeholder; being written).
+pub fn main() -> std::process::ExitCode { std::process::ExitCode::FAILURE }

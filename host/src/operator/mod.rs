@@ -1,0 +1,1 @@
+//! The kube-rs layer (placeholder; being written).

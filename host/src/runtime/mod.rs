@@ -1,0 +1,1 @@
+//! The wasmtime layer (placeholder; being written).
