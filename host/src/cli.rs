@@ -1,2 +1,0 @@
-//! The command line (placeholder; being written).
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::FAILURE }
