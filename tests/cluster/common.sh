@@ -1,0 +1,40 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this
+# Shared by up.sh and down.sh (sourced, not run): where the running control plane
+# keeps its files, and how to tell that a recorded process is still ours.
+
+CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$CLUSTER_SRC/../.." && pwd)"
+# target/cluster: kubeconfig, bin/ (links into the cache), logs/, state.env.
+CLUSTER_DIR="${DITTOFS_CLUSTER_DIR:-$REPO_ROOT/target/cluster}"
+STATE_FILE="$CLUSTER_DIR/state.env"
+KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
+LOG_DIR="$CLUSTER_DIR/logs"
+# Stop order: clients before the servers they talk to.
+COMPONENTS=(kube-controller-manager kube-apiserver etcd)
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+
+# Serialises up.sh and down.sh: test binaries started in parallel all call up.sh.
+take_cluster_lock() {
+  mkdir -p "$CLUSTER_DIR"
+  exec 8>"$CLUSTER_DIR/.lock"
+  if ! flock -n 8; then
+    log "another cluster-up/cluster-down is running; waiting for it"
+    flock 8
+  fi
+}
+
+# True when <pid> is alive and runs <binary>. A recorded pid alone proves nothing:
+# after a reboot or a crash the number may belong to an unrelated process.
+is_our_process() { # <pid> <binary>
+  local pid="$1" binary="$2" exe
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  exe="$(readlink -f "/proc/$pid/exe" 2>/dev/null)" || return 1
+  [[ "$exe" == "$(readlink -f "$binary")" ]]
+}
+
+pid_var() { # <component> -> name of its variable in state.env
+  local name="${1//-/_}"
+  printf '%s_PID' "${name^^}"
+}

@@ -1,0 +1,27 @@
+//! Helpers for end-to-end tests against a real Kubernetes control plane.
+//!
+//! The control plane is the one `tests/cluster/up.sh` runs on loopback (etcd,
+//! kube-apiserver, and kube-controller-manager with the garbage collector), or any
+//! cluster that `KUBECONFIG` names. There is no kubelet: tests play the missing
+//! actors themselves.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! let cluster = e2e::cluster().await?;
+//! let client = cluster.client()?;
+//! let ns = e2e::TestNamespace::create(cluster, "example").await?;
+//! e2e::apply_yaml(&client, Some(ns.name()), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").await?;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod crds;
+pub mod namespace;
+pub mod objects;
+pub mod wait;
+
+pub use cluster::{Cluster, cluster};
+pub use namespace::TestNamespace;
+pub use objects::{FIELD_MANAGER, apply, apply_yaml, parse_yaml};
+pub use wait::{DEFAULT_TIMEOUT, wait_until};
