@@ -32,7 +32,8 @@ pub enum Command {
     /// Run the operator against a cluster (KUBECONFIG, or the in-cluster config).
     Run(RunArgs),
     /// Reconcile one snapshot offline and print the module's Outcome JSON (dry run and
-    /// replay). Exit status 0 for a valid Outcome, 1 when the module fails or is rejected.
+    /// replay). Exit status 0 for a valid Outcome (an `error` outcome included), 1 when
+    /// the module fails or is rejected, 2 when the module or snapshot cannot be read.
     Reconcile(ReconcileArgs),
     /// Print a module's manifest as JSON.
     Manifest(ManifestArgs),
@@ -64,6 +65,13 @@ pub struct SandboxArgs {
     /// Maximum wasm stack of one module call, in KiB.
     #[arg(long, default_value_t = 512, value_name = "KIB")]
     pub stack_limit_kib: u64,
+    /// Directory of the on-disk cache of compiled modules (default:
+    /// `${XDG_CACHE_HOME:-$HOME/.cache}/wasm-operator`).
+    #[arg(long, value_name = "DIR", env = "WASM_OPERATOR_MODULE_CACHE_DIR")]
+    pub module_cache_dir: Option<PathBuf>,
+    /// Compile modules on every load instead of using the on-disk cache.
+    #[arg(long, conflicts_with = "module_cache_dir")]
+    pub no_module_cache: bool,
 }
 
 /// `wasm-operator run`.

@@ -1,0 +1,3 @@
+//! Benchmark of the wasm call against the native reconcile function (being written).
+
+fn main() {}
