@@ -1,0 +1,220 @@
+//! Shared setup of the operator and executor tests: the real control plane (through
+//! the `e2e` crate), the configmap-mirror module built to wasm, native test modules,
+//! and small object helpers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{Context as _, Result, bail};
+use futures::future::BoxFuture;
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use reconcile_sdk::{Manifest, Outcome, Snapshot};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use wasm_operator::operator::backoff::Backoff;
+use wasm_operator::operator::module::{Module, ModuleCallError, WasmModule};
+use wasm_operator::operator::{OperatorConfig, RunningOperator, watch::Scope};
+
+pub use e2e::{DEFAULT_TIMEOUT, TestNamespace, wait_until};
+
+/// The shared cluster and a client built on this test's runtime.
+pub async fn cluster() -> Result<(&'static e2e::Cluster, Client)> {
+    let cluster = e2e::cluster().await?;
+    Ok((cluster, cluster.client()?))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+static MIRROR_WASM: OnceCell<std::result::Result<PathBuf, String>> = OnceCell::const_new();
+
+/// Builds `tests/modules/configmap-mirror` for wasm32 (once per test process) and
+/// returns the module's path. A separate target directory keeps this build from
+/// waiting on the lock of the `cargo test` that runs us.
+pub async fn mirror_wasm() -> Result<PathBuf> {
+    MIRROR_WASM
+        .get_or_init(|| async {
+            let root = repo_root();
+            let target_dir = root.join("target/test-modules");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = tokio::process::Command::new(cargo)
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "configmap-mirror",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                    "--profile",
+                    "wasm",
+                ])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .status()
+                .await
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err(format!("building configmap-mirror for wasm32 failed ({status})"));
+            }
+            Ok(target_dir.join("wasm32-unknown-unknown/wasm/configmap_mirror.wasm"))
+        })
+        .await
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The configmap-mirror module, loaded by the runtime layer from its wasm build.
+pub async fn mirror_module() -> Result<Arc<WasmModule>> {
+    let path = mirror_wasm().await?;
+    let sandbox = wasm_operator::cli::SandboxArgs {
+        memory_limit_mib: 64,
+        deadline_ms: 2000,
+        output_limit_mib: 4,
+        stack_limit_kib: 512,
+        module_cache_dir: None,
+        no_module_cache: true,
+    };
+    Ok(wasm_operator::operator::load_module(&path, &sandbox, 4).await?)
+}
+
+/// A module implemented natively, for hostile and edge-case behaviour.
+pub struct NativeModule {
+    manifest: Manifest,
+    reconcile: Box<dyn Fn(Snapshot) -> Outcome + Send + Sync>,
+    /// Every snapshot it was called with.
+    pub calls: Mutex<Vec<Snapshot>>,
+}
+
+impl NativeModule {
+    /// A module with `manifest` answering `reconcile`.
+    pub fn new(
+        manifest: Manifest,
+        reconcile: impl Fn(Snapshot) -> Outcome + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self { manifest, reconcile: Box::new(reconcile), calls: Mutex::new(Vec::new()) })
+    }
+
+    /// How many calls so far.
+    pub fn call_count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+}
+
+impl Module for NativeModule {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn digest(&self) -> &str {
+        "sha256:native"
+    }
+
+    fn reconcile(
+        &self,
+        snapshot_json: Vec<u8>,
+    ) -> BoxFuture<'static, Result<(Outcome, Duration), ModuleCallError>> {
+        let result = match reconcile_sdk::decode_snapshot(&snapshot_json) {
+            Ok(snapshot) => {
+                self.calls.lock().unwrap().push(snapshot.clone());
+                Ok(((self.reconcile)(snapshot), Duration::ZERO))
+            }
+            Err(err) => Err(ModuleCallError::from_error(err)),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// An operator for `module`, watching only `namespace`, with a short backoff so
+/// failure paths are exercised quickly.
+pub async fn start_operator(
+    client: &Client,
+    module: Arc<dyn Module>,
+    namespace: &str,
+) -> Result<RunningOperator> {
+    let config = OperatorConfig {
+        scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
+        concurrency: 4,
+        http_addr: Some("127.0.0.1:0".parse()?),
+        leader: None,
+        backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
+        instance: Some("test".into()),
+    };
+    Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
+}
+
+/// The Mirror resource.
+pub fn mirrors() -> ApiResource {
+    ApiResource {
+        group: "mirror.example.com".into(),
+        version: "v1".into(),
+        api_version: "mirror.example.com/v1".into(),
+        kind: "Mirror".into(),
+        plural: "mirrors".into(),
+    }
+}
+
+/// The Mirror API in `namespace`.
+pub fn mirror_api(client: &Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &mirrors())
+}
+
+/// Creates (applies) a Mirror.
+pub async fn create_mirror(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> Result<DynamicObject> {
+    let object = json!({"apiVersion": "mirror.example.com/v1", "kind": "Mirror", "metadata": {"name": name}, "spec": spec});
+    e2e::apply(client, Some(namespace), &object).await
+}
+
+/// Merge-patches a Mirror's spec as a user would.
+pub async fn patch_spec(client: &Client, namespace: &str, name: &str, spec: Value) -> Result<()> {
+    mirror_api(client, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+        .await
+        .with_context(|| format!("cannot patch Mirror {name}"))?;
+    Ok(())
+}
+
+/// Polls `probe` every 100 ms (through `e2e::wait_until`) with the default timeout.
+pub async fn eventually<T, F, Fut>(what: &str, probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    wait_until(what, DEFAULT_TIMEOUT, probe).await
+}
+
+/// The events regarding `name` in `namespace` with `reason`, as (type, note).
+pub async fn events(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<Vec<(String, String)>> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let list = api.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| (e.type_.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+/// Fails unless `value` is `Some`.
+pub fn some<T>(value: Option<T>, what: &str) -> Result<T> {
+    match value {
+        Some(v) => Ok(v),
+        None => bail!("{what} is missing"),
+    }
+}
