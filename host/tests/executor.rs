@@ -181,11 +181,16 @@ async fn delete_reverifies_association_on_a_fresh_read() -> Result<()> {
     let s = setup("exec-delete").await?;
     let primary = s.mirror("m").await?;
     s.run(owned_config_map("owned", &primary, json!({})), &primary).await?;
-    // Labelled for m, but controlled by someone else: not associated.
+    // Labelled for m, but controlled by someone else (an existing object, or the
+    // garbage collector would delete it): not associated.
+    let anchor = s
+        .config_maps()
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "anchor"}}))?)
+        .await?;
     let foreign = json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "foreign", "labels": {LABEL: "m"}, "ownerReferences": [
-            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owned", "uid": "00000000-0000-0000-0000-000000000001", "controller": true}
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": some(anchor.metadata.uid, "uid")?, "controller": true}
         ]},
     });
     s.config_maps().create(&PostParams::default(), &serde_json::from_value(foreign)?).await?;

@@ -1,0 +1,483 @@
+//! The whole operator against the real control plane: the configmap-mirror module
+//! (built to wasm, loaded by the runtime) end to end, hostile modules confined,
+//! requirements with digestOnly reads, optional kinds appearing later, `snapshot`
+//! capture, and leader election. Waits are generous; nothing asserts a duration.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod operator_support;
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use operator_support::*;
+use reconcile_sdk::{Action, KindRef, Manifest, Outcome, PropagationPolicy, Requirement, Snapshot};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use wasm_operator::operator::index::ObjectKey;
+use wasm_operator::operator::metrics::{Metrics, ResultLabels};
+
+const LABEL: &str = configmap_mirror::OWNER_LABEL;
+const FINALIZER: &str = configmap_mirror::FINALIZER;
+
+fn successes(metrics: &Metrics) -> u64 {
+    metrics.reconciles.get_or_create(&ResultLabels { result: "success".into() }).get()
+}
+
+fn sha(text: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+}
+
+async fn wait_ready(op: &wasm_operator::operator::RunningOperator) -> Result<()> {
+    eventually("the caches to sync", || async { Ok(op.ready().then_some(())) }).await
+}
+
+async fn config_map_data(api: &Api<ConfigMap>, name: &str) -> Result<Option<(ConfigMap, Value)>> {
+    Ok(api.get_opt(name).await?.map(|cm| {
+        let data = serde_json::to_value(cm.data.clone().unwrap_or_default()).unwrap_or(Value::Null);
+        (cm, data)
+    }))
+}
+
+#[tokio::test]
+async fn configmap_mirror_runs_end_to_end_in_the_host() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-mirror").await?;
+    let ns = ns.name().to_owned();
+    let module = mirror_module().await?;
+    let op = start_operator(&client, module, &ns).await?;
+    wait_ready(&op).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let mirrors = mirror_api(&client, &ns);
+
+    // Create: the ConfigMap appears, owned and labelled; finalizer and status follow.
+    let created = create_mirror(&client, &ns, "m", json!({"data": {"a": "1"}})).await?;
+    let uid = some(created.metadata.uid.clone(), "uid")?;
+    let cm = eventually("the mirrored ConfigMap", || async {
+        Ok(config_map_data(&cms, "m-mirror")
+            .await?
+            .filter(|(_, d)| *d == json!({"a": "1"}))
+            .map(|(cm, _)| cm))
+    })
+    .await?;
+    assert_eq!(cm.metadata.labels.unwrap_or_default().get(LABEL).map(String::as_str), Some("m"));
+    let owner = cm.metadata.owner_references.unwrap_or_default();
+    assert_eq!(owner.len(), 1);
+    assert_eq!((owner[0].uid.as_str(), owner[0].controller), (uid.as_str(), Some(true)));
+    eventually("the finalizer and a Ready status", || async {
+        let m = mirrors.get("m").await?;
+        let finalized = m.metadata.finalizers.unwrap_or_default().contains(&FINALIZER.to_owned());
+        Ok((finalized && m.data["status"]["phase"] == "Ready" && m.data["status"]["keys"] == 1).then_some(()))
+    })
+    .await?;
+
+    // Update: the ConfigMap follows.
+    patch_spec(&client, &ns, "m", json!({"data": {"a": "2", "b": "3"}})).await?;
+    eventually("the ConfigMap to follow the update", || async {
+        Ok(config_map_data(&cms, "m-mirror").await?.filter(|(_, d)| *d == json!({"a": "2", "b": "3"})))
+    })
+    .await?;
+    eventually("the status to count two keys", || async {
+        Ok((mirrors.get("m").await?.data["status"]["keys"] == 2).then_some(()))
+    })
+    .await?;
+
+    // Idle: a reconcile of the converged Mirror (triggered by a metadata change)
+    // writes nothing.
+    let writes = op.metrics.writes_total();
+    let reconciles = successes(&op.metrics);
+    let touch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
+    mirrors.patch("m", &PatchParams::default(), &Patch::Merge(touch)).await?;
+    eventually("a reconcile after the touch", || async {
+        Ok((successes(&op.metrics) > reconciles).then_some(()))
+    })
+    .await?;
+    assert_eq!(op.metrics.writes_total(), writes, "a converged reconcile must not write");
+
+    // Requirement with a digestOnly read: the Secret's digest, never its value,
+    // reaches the module, and a Secret change reconciles the Mirror.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = |value: &str| -> Result<Secret> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": value}}))?)
+    };
+    secrets.create(&PostParams::default(), &secret("first-value")?).await?;
+    patch_spec(&client, &ns, "m", json!({"secretName": "s"})).await?;
+    let annotation = |cm: &ConfigMap| {
+        cm.metadata.annotations.clone().unwrap_or_default().get(configmap_mirror::SECRET_DIGEST).cloned()
+    };
+    let expected = format!("k={}", sha("first-value"));
+    eventually("the Secret's digest on the ConfigMap", || async {
+        Ok(cms.get_opt("m-mirror").await?.filter(|cm| annotation(cm).as_ref() == Some(&expected)))
+    })
+    .await?;
+    secrets.replace("s", &PostParams::default(), &secret("second-value")?).await?;
+    let expected = format!("k={}", sha("second-value"));
+    eventually("the ConfigMap to follow the Secret change", || async {
+        Ok(cms.get_opt("m-mirror").await?.filter(|cm| annotation(cm).as_ref() == Some(&expected)))
+    })
+    .await?;
+
+    // A stray ConfigMap claiming the Mirror is deleted.
+    let stray: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "stray", "labels": {LABEL: "m"}}}))?;
+    cms.create(&PostParams::default(), &stray).await?;
+    eventually("the stray ConfigMap to be deleted", || async {
+        Ok(cms.get_opt("stray").await?.is_none().then_some(()))
+    })
+    .await?;
+
+    // Delete: the finalizer goes, then the garbage collector takes the ConfigMap.
+    mirrors.delete("m", &DeleteParams::default()).await?;
+    eventually("the Mirror to be gone", || async { Ok(mirrors.get_opt("m").await?.is_none().then_some(())) })
+        .await?;
+    eventually("the ConfigMap to be garbage collected", || async {
+        Ok(cms.get_opt("m-mirror").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(!events(&client, &ns, "m", "Deleting").await?.is_empty(), "the module's Deleting event");
+    assert_eq!(op.metrics.rejections_total(), 0);
+    op.shutdown().await;
+    Ok(())
+}
+
+/// The Mirror manifest, as a hostile module would declare it.
+fn mirror_manifest() -> Manifest {
+    Manifest { name: "hostile".into(), field_manager: "hostile".into(), ..configmap_mirror::manifest() }
+}
+
+fn cm(name: &str, namespace: Option<&str>, labels: Value, owner_refs: Value) -> Value {
+    let mut metadata = json!({"name": name, "labels": labels, "ownerReferences": owner_refs});
+    if let Some(ns) = namespace {
+        metadata["namespace"] = json!(ns);
+    }
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"x": "y"}})
+}
+
+/// One hostile batch per primary name: an allowed action first, then the forbidden
+/// one; confinement must refuse the whole batch.
+fn hostile(snapshot: Snapshot, other_namespace: &str) -> Outcome {
+    let name = snapshot.object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let uid = snapshot.object["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
+    let mine = json!({LABEL: name});
+    let me = json!([{"apiVersion": "mirror.example.com/v1", "kind": "Mirror", "name": name, "uid": uid, "controller": true}]);
+    let forbidden = match name.as_str() {
+        "other-namespace" => Action::Apply { object: cm("escaped", Some(other_namespace), mine, me) },
+        "unlisted-kind" => Action::Apply {
+            object: json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "loot", "labels": mine}}),
+        },
+        "no-owner-label" => Action::Apply { object: cm("unlabelled", None, json!({}), me) },
+        "foreign-owner" => Action::Apply {
+            object: cm(
+                "adopted",
+                None,
+                mine,
+                json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "victim", "uid": "11111111-1111-1111-1111-111111111111"}]),
+            ),
+        },
+        "delete-unowned" => Action::Delete {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "victim".into(),
+            propagation_policy: Some(PropagationPolicy::Background),
+        },
+        "orphan-unowned" => {
+            Action::Orphan { api_version: "v1".into(), kind: "ConfigMap".into(), name: "victim".into() }
+        }
+        "foreign-finalizer" => Action::AddFinalizer { finalizer: "kubernetes.io/pv-protection".into() },
+        "requires-unlisted" => {
+            return Outcome::Actions {
+                actions: vec![Action::AddFinalizer { finalizer: FINALIZER.into() }],
+                requires: vec![Requirement {
+                    api_version: "v1".into(),
+                    kind: "ServiceAccount".into(),
+                    name: "default".into(),
+                }],
+                requeue_after_seconds: None,
+            };
+        }
+        _ => return Outcome::actions(Vec::new()),
+    };
+    Outcome::actions(vec![Action::AddFinalizer { finalizer: FINALIZER.into() }, forbidden])
+}
+
+const HOSTILE_CASES: [&str; 8] = [
+    "other-namespace",
+    "unlisted-kind",
+    "no-owner-label",
+    "foreign-owner",
+    "delete-unowned",
+    "orphan-unowned",
+    "foreign-finalizer",
+    "requires-unlisted",
+];
+
+#[tokio::test]
+async fn forbidden_actions_are_rejected_and_nothing_is_written() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-hostile").await?;
+    let elsewhere = TestNamespace::create(cluster, "op-hostile-elsewhere").await?;
+    let (ns, elsewhere) = (ns.name().to_owned(), elsewhere.name().to_owned());
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // The victim: not associated with anyone (no label); owned by a stranger that
+    // exists (the garbage collector deletes objects whose owner does not).
+    let anchor = cms
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "anchor"}}))?)
+        .await?;
+    let victim_owner = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": some(anchor.metadata.uid, "uid")?}]);
+    cms.create(&PostParams::default(), &serde_json::from_value(cm("victim", None, json!({}), victim_owner))?)
+        .await?;
+
+    let module = {
+        let elsewhere = elsewhere.clone();
+        NativeModule::new(mirror_manifest(), move |snapshot| hostile(snapshot, &elsewhere))
+    };
+    let op = start_operator(&client, module.clone(), &ns).await?;
+    wait_ready(&op).await?;
+    for name in HOSTILE_CASES {
+        create_mirror(&client, &ns, name, json!({})).await?;
+    }
+    for name in HOSTILE_CASES {
+        let found = eventually(&format!("ActionRejected on {name}"), || async {
+            let events = events(&client, &ns, name, "ActionRejected").await?;
+            Ok((!events.is_empty()).then_some(events))
+        })
+        .await?;
+        assert_eq!(found[0].0, "Warning", "{name}: {found:?}");
+    }
+    assert!(op.metrics.rejections_total() >= HOSTILE_CASES.len() as u64);
+
+    // Nothing written: no finalizer on any Mirror (the allowed first action did not
+    // run either), no object created, the victim untouched.
+    let mirrors = mirror_api(&client, &ns);
+    for name in HOSTILE_CASES {
+        let m = mirrors.get(name).await?;
+        assert_eq!(m.metadata.finalizers, None, "{name} got a finalizer");
+    }
+    let elsewhere_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &elsewhere);
+    assert!(elsewhere_cms.get_opt("escaped").await?.is_none());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(secrets.get_opt("loot").await?.is_none());
+    assert!(cms.get_opt("unlabelled").await?.is_none());
+    assert!(cms.get_opt("adopted").await?.is_none());
+    let victim = some(cms.get_opt("victim").await?, "the victim")?;
+    assert_eq!(
+        victim.metadata.owner_references.unwrap_or_default().len(),
+        1,
+        "the victim keeps its reference"
+    );
+    let writes = op
+        .metrics
+        .writes
+        .get_or_create(&wasm_operator::operator::metrics::OpLabels { op: "apply".into() })
+        .get();
+    assert_eq!(writes, 0);
+
+    // The rejection is the next snapshot's lastFailure.
+    eventually("a snapshot carrying lastFailure", || async {
+        let calls = module.calls.lock().unwrap();
+        Ok(calls
+            .iter()
+            .find(|s| s.last_failure.as_ref().is_some_and(|f| f.message.contains("rejected")))
+            .map(|_| ()))
+    })
+    .await?;
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshot_capture_answers_requirements_without_secret_values() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-snapshot").await?;
+    let ns = ns.name().to_owned();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"k": "plaintext-value"}}))?;
+    secrets.create(&PostParams::default(), &secret).await?;
+    let m = create_mirror(&client, &ns, "m", json!({"data": {"a": "1"}, "secretName": "s"})).await?;
+    let uid = some(m.metadata.uid, "uid")?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let me = json!([{"apiVersion": "mirror.example.com/v1", "kind": "Mirror", "name": "m", "uid": uid, "controller": true}]);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(cm("m-mirror", None, json!({LABEL: "m"}), me))?,
+    )
+    .await?;
+    // Labelled but controlled by someone else (that exists): not associated.
+    let anchor = cms
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "anchor"}}))?)
+        .await?;
+    let stranger = json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "anchor", "uid": some(anchor.metadata.uid, "uid")?, "controller": true}]);
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(cm("foreign", None, json!({LABEL: "m"}), stranger))?,
+    )
+    .await?;
+
+    let module = mirror_module().await?;
+    let snapshot = wasm_operator::operator::capture(
+        &client,
+        "the test cluster",
+        module.as_ref(),
+        &ObjectKey::new(&ns, "m"),
+    )
+    .await?;
+    let names: Vec<_> = snapshot.related.iter().map(|o| o["metadata"]["name"].clone()).collect();
+    assert_eq!(names, [json!("m-mirror")]);
+    assert_eq!(snapshot.required.len(), 1);
+    let answer = some(snapshot.required[0].object.clone(), "the Secret")?;
+    assert_eq!(answer["data"]["k"], json!(sha("plaintext-value")));
+    let text = serde_json::to_string(&snapshot)?;
+    assert!(!text.contains("plaintext-value") && !text.contains("cGxhaW50ZXh0LXZhbHVl"), "{text}");
+    // The module decides on it without asking for more: exactly what `run` passes.
+    match reconcile_sdk::decode_snapshot(text.as_bytes()).map(configmap_mirror::reconcile)? {
+        Outcome::Actions { requires, .. } => assert_eq!(requires.len(), 1),
+        other => bail!("unexpected outcome {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_optional_kind_fails_writes_while_absent_and_is_picked_up_when_its_crd_appears() -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-optional").await?;
+    let ns = ns.name().to_owned();
+    // A group of its own per run, so that no earlier run's CRD is there already.
+    let group =
+        format!("w{:x}.example.com", std::process::id() ^ std::time::UNIX_EPOCH.elapsed()?.subsec_nanos());
+    let api_version = format!("{group}/v1");
+    let manifest = Manifest {
+        related: vec![
+            KindRef {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                plural: "configmaps".into(),
+                optional: false,
+                digest_only: false,
+            },
+            KindRef {
+                api_version: api_version.clone(),
+                kind: "Widget".into(),
+                plural: "widgets".into(),
+                optional: true,
+                digest_only: false,
+            },
+        ],
+        ..mirror_manifest()
+    };
+    let module = {
+        let api_version = api_version.clone();
+        NativeModule::new(manifest, move |snapshot| {
+            let name = snapshot.object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let widget = json!({"apiVersion": api_version, "kind": "Widget",
+                "metadata": {"name": format!("{name}-widget"), "labels": {LABEL: name}}, "spec": {"size": 1}});
+            let mut outcome = Outcome::actions(vec![Action::Apply { object: widget }]);
+            if let Outcome::Actions { requeue_after_seconds, .. } = &mut outcome {
+                *requeue_after_seconds = Some(1);
+            }
+            outcome
+        })
+    };
+    let op = start_operator(&client, module.clone(), &ns).await?;
+    wait_ready(&op).await?;
+    create_mirror(&client, &ns, "m", json!({})).await?;
+    eventually("a lastFailure naming the absent kind", || async {
+        let calls = module.calls.lock().unwrap();
+        Ok(calls
+            .iter()
+            .find_map(|s| s.last_failure.as_ref().filter(|f| f.message.contains("not served")).cloned()))
+    })
+    .await?;
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))?;
+    crds.create(&PostParams::default(), &crd).await?;
+    let widgets_resource = kube::discovery::ApiResource {
+        group: group.clone(),
+        version: "v1".into(),
+        api_version: api_version.clone(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+    };
+    let widgets: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &widgets_resource);
+    let found = eventually("the Widget once its CRD exists", || async {
+        // Until the CRD is established the list fails; that is "not yet".
+        Ok(widgets.get_opt("m-widget").await.ok().flatten())
+    })
+    .await;
+    op.shutdown().await;
+    crds.delete(&format!("widgets.{group}"), &DeleteParams::default()).await?;
+    found?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> Result<()> {
+    use wasm_operator::operator::leader::LeaseConfig;
+    use wasm_operator::operator::{OperatorConfig, RunningOperator, watch::Scope};
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-leader").await?;
+    let ns = ns.name().to_owned();
+    let start = |identity: &str| {
+        let mut lease = LeaseConfig::new(ns.clone(), "wasm-operator-test".into(), identity.into());
+        lease.lease_duration = Duration::from_secs(4);
+        lease.renew_deadline = Duration::from_secs(3);
+        lease.renew_period = Duration::from_millis(500);
+        lease.retry_period = Duration::from_millis(300);
+        let config = OperatorConfig {
+            scope: Scope { namespace: Some(ns.clone()), label_selector: None },
+            concurrency: 2,
+            http_addr: None,
+            leader: Some(lease),
+            backoff: Default::default(),
+            instance: Some(identity.into()),
+        };
+        let client = client.clone();
+        async move {
+            let module = mirror_module().await?;
+            anyhow::Ok(RunningOperator::start(client, "the test cluster", module, config).await?)
+        }
+    };
+    let first = start("first").await?;
+    eventually("the first replica to lead", || async { Ok((first.metrics.leader.get() == 1).then_some(())) })
+        .await?;
+    let second = start("second").await?;
+    wait_ready(&second).await?;
+    create_mirror(&client, &ns, "m", json!({"data": {"v": "1"}})).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually("the leader to mirror", || async {
+        Ok(config_map_data(&cms, "m-mirror").await?.filter(|(_, d)| *d == json!({"v": "1"})))
+    })
+    .await?;
+    assert_eq!(second.metrics.leader.get(), 0, "the second replica must follow");
+    assert_eq!(successes(&second.metrics), 0, "a follower never reconciles");
+
+    // The leader stops gracefully and releases the Lease; the follower takes over.
+    first.shutdown().await;
+    eventually("the second replica to lead", || async {
+        Ok((second.metrics.leader.get() == 1).then_some(()))
+    })
+    .await?;
+    patch_spec(&client, &ns, "m", json!({"data": {"v": "2"}})).await?;
+    eventually("the new leader to mirror", || async {
+        Ok(config_map_data(&cms, "m-mirror").await?.filter(|(_, d)| *d == json!({"v": "2"})))
+    })
+    .await?;
+    assert!(successes(&second.metrics) > 0);
+    // Leave the Mirror deletable: remove its finalizer while a leader still runs.
+    mirror_api(&client, &ns).delete("m", &DeleteParams::default()).await?;
+    eventually("the Mirror to be gone", || async {
+        Ok(mirror_api(&client, &ns).get_opt("m").await?.is_none().then_some(()))
+    })
+    .await?;
+    second.shutdown().await;
+    Ok(())
+}
