@@ -9,9 +9,11 @@
 //!   module version, a fresh sandboxed store per call.
 //! - [`operator`]: kube-rs. Watches, snapshots, confinement, the action executor,
 //!   requeues, metrics and the HTTP endpoints.
+//! - [`rbac`]: least-privilege RBAC derived from a manifest.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod operator;
+pub mod rbac;
 pub mod runtime;
