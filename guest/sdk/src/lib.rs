@@ -30,8 +30,14 @@
 //! functions `manifest() -> String` and `reconcile(snapshot: &str) -> String` instead,
 //! for JavaScript hosts. On other targets it exports nothing, so the same crate is
 //! tested natively.
+//!
+//! With feature `bump-alloc`, the plain wasm32 build uses a bump allocator as its
+//! global allocator (fast, never reuses memory: right for the host's fresh instance
+//! per call; ignored for the `js` build and natively).
 
 pub mod abi;
+#[cfg(all(target_arch = "wasm32", feature = "bump-alloc", not(feature = "js")))]
+mod alloc;
 #[cfg(all(target_arch = "wasm32", not(feature = "js")))]
 #[doc(hidden)]
 pub mod glue;
@@ -42,6 +48,12 @@ pub use abi::{
     RequiredObject, Requirement, Snapshot,
 };
 pub use run::{SnapshotError, decode_snapshot, manifest_json, run_json};
+
+/// With feature `bump-alloc`, the plain wasm32 build of a module allocates with a bump
+/// allocator: each call runs in a fresh instance, so freeing is wasted work.
+#[cfg(all(target_arch = "wasm32", feature = "bump-alloc", not(feature = "js")))]
+#[global_allocator]
+static GLOBAL_ALLOCATOR: alloc::BumpAllocator = alloc::BumpAllocator::new();
 
 #[doc(hidden)]
 pub mod __private {
