@@ -1,0 +1,16 @@
+//! The ConfigMap `<name>-config` holding the server's `config.yaml`.
+
+use serde_json::{Value, json};
+
+use super::Owner;
+use crate::names;
+
+/// The ConfigMap holding `config_yaml` (which never holds a secret).
+pub fn build(owner: &Owner<'_>, config_yaml: String) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.metadata(names::config_map(owner.name)),
+        "data": {names::CONFIG_FILE_KEY: config_yaml},
+    })
+}

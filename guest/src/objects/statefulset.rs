@@ -1,0 +1,253 @@
+//! The StatefulSet `<name>` that runs the DittoFS server.
+//!
+//! Secrets reach the container as environment variables (`valueFrom.secretKeyRef`),
+//! never through the ConfigMap. The pod template carries the config hash, so a change
+//! of the configuration, of a referenced Secret or of the generation rolls the pod.
+//!
+//! A StatefulSet's volume claim templates are immutable: once it exists, the claims
+//! are taken from the observed object ([`Claim::from_observed`]), so that a changed
+//! storage size in the spec does not turn every later apply into a rejected one.
+
+use serde_json::{Value, json};
+
+use super::{Owner, set};
+use crate::api::DittoServerSpec;
+use crate::meta::{at, str_at};
+use crate::names;
+
+/// The group the server runs with when the spec sets no pod security context, so
+/// that it can write its volumes.
+pub const DEFAULT_FS_GROUP: i64 = 65532;
+/// Image of the init container that waits for PostgreSQL (Percona).
+pub const POSTGRES_WAIT_IMAGE: &str = "postgres:16-alpine";
+
+/// One persistent volume of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// Claim template name: `metadata`, `cache` or `content`.
+    pub name: String,
+    /// Requested size.
+    pub size: String,
+    /// StorageClass, or the cluster's default.
+    pub storage_class_name: Option<String>,
+    /// Access modes.
+    pub access_modes: Vec<String>,
+}
+
+impl Claim {
+    /// The claims the spec asks for.
+    pub fn from_spec(spec: &DittoServerSpec) -> Vec<Claim> {
+        let storage = &spec.storage;
+        let claim = |name: &str, size: &str| Claim {
+            name: name.into(),
+            size: size.into(),
+            storage_class_name: storage.storage_class_name.clone(),
+            access_modes: vec!["ReadWriteOnce".into()],
+        };
+        let mut claims = vec![claim("metadata", &storage.metadata_size), claim("cache", &storage.cache_size)];
+        if let Some(content) = &storage.content_size {
+            claims.push(claim("content", content));
+        }
+        claims
+    }
+
+    /// The claims of an existing StatefulSet, which cannot change; `None` when they
+    /// cannot be read.
+    pub fn from_observed(statefulset: &Value) -> Option<Vec<Claim>> {
+        let templates = at(statefulset, &["spec", "volumeClaimTemplates"])?.as_array()?;
+        templates
+            .iter()
+            .map(|template| {
+                let access_modes = match at(template, &["spec", "accessModes"]).and_then(Value::as_array) {
+                    Some(modes) => {
+                        modes.iter().map(|m| m.as_str().map(String::from)).collect::<Option<_>>()?
+                    }
+                    None => vec!["ReadWriteOnce".into()],
+                };
+                Some(Claim {
+                    name: str_at(template, &["metadata", "name"])?.into(),
+                    size: str_at(template, &["spec", "resources", "requests", "storage"])?.into(),
+                    storage_class_name: str_at(template, &["spec", "storageClassName"]).map(String::from),
+                    access_modes,
+                })
+            })
+            .collect()
+    }
+
+    fn mount_path(&self) -> Option<&'static str> {
+        match self.name.as_str() {
+            "metadata" => Some("/data/metadata"),
+            "cache" => Some("/data/cache"),
+            "content" => Some("/data/content"),
+            _ => None,
+        }
+    }
+
+    fn template(&self) -> Value {
+        let mut spec = json!({
+            "accessModes": self.access_modes,
+            "resources": {"requests": {"storage": self.size}},
+        });
+        set(&mut spec, "storageClassName", self.storage_class_name.as_deref().map(Value::from));
+        json!({"metadata": {"name": self.name}, "spec": spec})
+    }
+}
+
+/// The StatefulSet of `owner`, with `claims` and the pod annotation `config_hash`.
+pub fn build(owner: &Owner<'_>, spec: &DittoServerSpec, config_hash: &str, claims: &[Claim]) -> Value {
+    let security_context = match &spec.pod_security_context {
+        Some(context) => Value::Object(context.object.clone()),
+        None => json!({"fsGroup": DEFAULT_FS_GROUP}),
+    };
+    let mut pod = json!({
+        "securityContext": security_context,
+        "containers": [server_container(owner, spec, claims)],
+        "volumes": [{"name": "config", "configMap": {"name": names::config_map(owner.name)}}],
+    });
+    if spec.percona.enabled {
+        set(&mut pod, "initContainers", Some(json!([wait_for_postgres(owner.name)])));
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": owner.metadata(owner.name.into()),
+        "spec": {
+            "replicas": spec.replicas,
+            "serviceName": names::headless_service(owner.name),
+            "selector": {"matchLabels": owner.pod_selector()},
+            "template": {
+                "metadata": {
+                    "labels": owner.labels(),
+                    "annotations": {names::CONFIG_HASH_ANNOTATION: config_hash},
+                },
+                "spec": pod,
+            },
+            "volumeClaimTemplates": claims.iter().map(Claim::template).collect::<Vec<_>>(),
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        },
+    })
+}
+
+fn server_container(owner: &Owner<'_>, spec: &DittoServerSpec, claims: &[Claim]) -> Value {
+    let mut ports =
+        vec![container_port("nfs", spec.nfs_port), container_port("api", spec.control_plane.port)];
+    if spec.metrics.enabled {
+        ports.push(container_port("metrics", spec.metrics.port));
+    }
+    if spec.smb.enabled {
+        ports.push(container_port("smb", spec.smb.port));
+    }
+    let mut mounts = vec![json!({"name": "config", "mountPath": "/config", "readOnly": true})];
+    mounts.extend(
+        claims.iter().filter_map(|claim| Some(json!({"name": claim.name, "mountPath": claim.mount_path()?}))),
+    );
+    let tcp_probe = |initial_delay_seconds: i32, period_seconds: i32| {
+        json!({
+            "tcpSocket": {"port": "nfs"},
+            "initialDelaySeconds": initial_delay_seconds,
+            "periodSeconds": period_seconds,
+        })
+    };
+    let mut container = json!({
+        "name": "dittofs",
+        "image": spec.image,
+        "command": ["/app/dittofs"],
+        "args": ["start", "--config", format!("/config/{}", names::CONFIG_FILE_KEY)],
+        "ports": ports,
+        "env": environment(owner.name, spec),
+        "livenessProbe": tcp_probe(30, 10),
+        "readinessProbe": tcp_probe(10, 5),
+        "volumeMounts": mounts,
+    });
+    set(&mut container, "resources", spec.resources.as_ref().map(|r| Value::Object(r.object.clone())));
+    set(
+        &mut container,
+        "securityContext",
+        spec.security_context.as_ref().map(|c| Value::Object(c.object.clone())),
+    );
+    container
+}
+
+fn container_port(name: &str, number: i32) -> Value {
+    json!({"name": name, "containerPort": number, "protocol": "TCP"})
+}
+
+fn from_secret(env: &str, secret: &str, key: &str, optional: bool) -> Value {
+    let mut selector = json!({"name": secret, "key": key});
+    set(&mut selector, "optional", optional.then_some(Value::Bool(true)));
+    json!({"name": env, "valueFrom": {"secretKeyRef": selector}})
+}
+
+/// The server's environment: every secret, by reference.
+fn environment(name: &str, spec: &DittoServerSpec) -> Vec<Value> {
+    let mut env = Vec::new();
+    if let Some(jwt) = &spec.identity.jwt {
+        env.push(from_secret(
+            "DITTOFS_CONTROLPLANE_SECRET",
+            &jwt.secret_ref.name,
+            &jwt.secret_ref.key,
+            false,
+        ));
+    }
+    if let Some(password) = &spec.identity.admin.password_secret_ref {
+        env.push(from_secret("DITTOFS_ADMIN_INITIAL_PASSWORD", &password.name, &password.key, false));
+    }
+    if spec.percona.enabled {
+        env.push(from_secret("DATABASE_URL", &names::percona_user_secret(name), "uri", false));
+    } else if let Some(postgres) = &spec.database.postgres_secret_ref {
+        for (var, key, optional) in [
+            ("DITTOFS_DATABASE_POSTGRES_HOST", "host", false),
+            ("DITTOFS_DATABASE_POSTGRES_DATABASE", "database", false),
+            ("DITTOFS_DATABASE_POSTGRES_USER", "user", false),
+            ("DITTOFS_DATABASE_POSTGRES_PASSWORD", "password", false),
+            ("DITTOFS_DATABASE_POSTGRES_PORT", "port", true),
+            ("DITTOFS_DATABASE_POSTGRES_SSLMODE", "sslmode", true),
+        ] {
+            env.push(from_secret(var, &postgres.name, key, optional));
+        }
+    }
+    if let Some(s3) = &spec.s3 {
+        let credentials = &s3.credentials_secret_ref;
+        env.push(from_secret(
+            "AWS_ACCESS_KEY_ID",
+            &credentials.secret_name,
+            &credentials.access_key_id_key,
+            false,
+        ));
+        env.push(from_secret(
+            "AWS_SECRET_ACCESS_KEY",
+            &credentials.secret_name,
+            &credentials.secret_access_key_key,
+            false,
+        ));
+        env.push(from_secret("AWS_ENDPOINT_URL", &credentials.secret_name, &credentials.endpoint_key, true));
+        env.push(json!({"name": "AWS_REGION", "value": s3.region}));
+    }
+    env
+}
+
+/// Waits until the Percona cluster accepts connections as the DittoFS user.
+fn wait_for_postgres(name: &str) -> Value {
+    let secret = names::percona_user_secret(name);
+    let env: Vec<Value> = [
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "user"),
+        ("PGPASSWORD", "password"),
+        ("PGDATABASE", "dbname"),
+    ]
+    .into_iter()
+    .map(|(var, key)| from_secret(var, &secret, key, false))
+    .collect();
+    json!({
+        "name": "wait-for-postgres",
+        "image": POSTGRES_WAIT_IMAGE,
+        "command": [
+            "/bin/sh",
+            "-c",
+            "until pg_isready -h \"$PGHOST\" -p \"$PGPORT\" -U \"$PGUSER\" -d \"$PGDATABASE\" -t 5; do \
+             echo \"waiting for PostgreSQL at $PGHOST:$PGPORT\"; sleep 2; done",
+        ],
+        "env": env,
+    })
+}

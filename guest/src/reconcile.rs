@@ -1,0 +1,175 @@
+//! The reconcile of a DittoServer that is not being deleted.
+//!
+//! Order of the actions: the Percona cluster, the ConfigMap, the Services, the
+//! StatefulSet (which mounts the ConfigMap and, with Percona, waits for the cluster),
+//! and the status last, so that it is only written once everything before it
+//! succeeded.
+
+use reconcile_sdk::{Action, EventType, Outcome, Snapshot};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::{DittoServerSpec, DittoServerStatus};
+use crate::error::ReconcileError;
+use crate::hash::{ConfigHasher, ObjectHasher};
+use crate::meta::{Observed, Primary, StatefulSetState};
+use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
+use crate::objects::percona::{self, Readiness};
+use crate::objects::statefulset::{self, Claim};
+use crate::objects::{Owner, apply_if_changed, configmap, services};
+use crate::status::{self, Observations};
+use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::{config, deletion, secrets, validate};
+
+/// Reconciles one DittoServer snapshot; see the crate docs. Idempotent: a snapshot of
+/// a converged DittoServer gives no action at all.
+pub fn reconcile(snapshot: Snapshot) -> Outcome {
+    match run(&snapshot) {
+        Ok(outcome) => outcome,
+        // Every error is about the snapshot itself: the same input fails the same way.
+        Err(err) => Outcome::error(err.to_string(), false),
+    }
+}
+
+fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
+    let now = parse_rfc3339(&snapshot.now).ok_or_else(|| {
+        ReconcileError::InvalidObject(format!("snapshot now {:?} is not an RFC 3339 timestamp", snapshot.now))
+    })?;
+    let primary = Primary::read(&snapshot.object)?;
+    if primary.deletion_timestamp.is_some() {
+        return deletion::reconcile(snapshot, &primary, now);
+    }
+    if !primary.has_finalizer {
+        // Nothing is created before the finalizer is in place; its addition
+        // triggers the next reconcile.
+        return Ok(Outcome::actions(vec![Action::AddFinalizer { finalizer: FINALIZER.into() }]));
+    }
+
+    let spec = decode_spec(&snapshot.object)?;
+    let previous =
+        snapshot.object.get("status").and_then(|status| DittoServerStatus::deserialize(status).ok());
+    let now = format_rfc3339(now);
+
+    let problems = validate::problems(primary.name, &spec);
+    if !problems.is_empty() {
+        return Ok(invalid_spec(&primary, previous.as_ref(), &problems.join("; "), &now));
+    }
+
+    let secret_names = secrets::referenced(primary.name, &spec);
+    let requires = secrets::missing(&secret_names, &snapshot.required);
+    if !requires.is_empty() {
+        return Ok(Outcome::Actions { actions: Vec::new(), requires, requeue_after_seconds: None });
+    }
+
+    let owner = Owner::from(&primary);
+    let name = primary.name;
+    let observed = Observed::new(&snapshot.related);
+    let mut hasher = ObjectHasher::new();
+    let mut actions = Vec::new();
+
+    let cluster = observed.find(PERCONA_API_VERSION, PERCONA_KIND, &names::percona_cluster(name));
+    percona::plan(&owner, &spec, cluster, &mut actions);
+    let database = spec.percona.enabled.then(|| percona::readiness(cluster));
+
+    let config_yaml = config::render(name, &spec);
+    let mut config_hasher = ConfigHasher::new();
+    config_hasher.part(config_yaml.as_bytes());
+    secrets::hash_digests(&mut config_hasher, &secret_names, &snapshot.required);
+    config_hasher.part(&primary.generation.unwrap_or_default().to_le_bytes());
+    let config_hash = config_hasher.finish();
+    apply_if_changed(
+        configmap::build(&owner, config_yaml),
+        observed.find("v1", "ConfigMap", &names::config_map(name)),
+        &mut hasher,
+        &mut actions,
+    )?;
+
+    let service = |service_name: &str| observed.find("v1", "Service", service_name);
+    for desired in
+        [services::headless(&owner, &spec), services::file(&owner, &spec), services::api(&owner, &spec)]
+    {
+        let observed = crate::meta::str_at(&desired, &["metadata", "name"]).and_then(service);
+        apply_if_changed(desired, observed, &mut hasher, &mut actions)?;
+    }
+    let metrics_name = names::metrics_service(name);
+    if spec.metrics.enabled {
+        apply_if_changed(
+            services::metrics(&owner, &spec),
+            service(&metrics_name),
+            &mut hasher,
+            &mut actions,
+        )?;
+    } else if service(&metrics_name).is_some() {
+        actions.push(Action::Delete {
+            api_version: "v1".into(),
+            kind: "Service".into(),
+            name: metrics_name,
+            propagation_policy: Some(reconcile_sdk::PropagationPolicy::Background),
+        });
+    }
+
+    let observed_sts = observed.find("apps/v1", "StatefulSet", name);
+    // With Percona, the server is not created before its database is ready; once it
+    // exists it is kept up to date whatever the cluster's state.
+    let may_create = database.is_none_or(|database| database == Readiness::Ready);
+    let mut statefulset_applied = false;
+    if observed_sts.is_some() || may_create {
+        let claims = observed_sts.and_then(Claim::from_observed).unwrap_or_else(|| Claim::from_spec(&spec));
+        statefulset_applied = apply_if_changed(
+            statefulset::build(&owner, &spec, &config_hash, &claims),
+            observed_sts,
+            &mut hasher,
+            &mut actions,
+        )?;
+    }
+
+    let observations = Observations {
+        name,
+        namespace: primary.namespace,
+        generation: primary.generation,
+        statefulset: observed_sts.map(StatefulSetState::read),
+        statefulset_applied,
+        database,
+        config_hash: &config_hash,
+        now: &now,
+    };
+    let status = status::compute(&spec, &observations, previous.as_ref());
+    if previous.as_ref() != Some(&status) {
+        actions.push(Action::PatchStatus { status: serde_json::to_value(&status)? });
+    }
+    Ok(Outcome::actions(actions))
+}
+
+/// Decodes `spec`, naming the field that does not decode.
+fn decode_spec(object: &Value) -> Result<DittoServerSpec, ReconcileError> {
+    let spec = object.get("spec").ok_or(ReconcileError::MissingField("spec"))?;
+    serde_path_to_error::deserialize(spec).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+        ReconcileError::InvalidObject(format!("{field} does not decode: {}", err.inner()))
+    })
+}
+
+/// Phase Failed, with the problems in the ConfigReady and Ready conditions; no object
+/// is applied from a spec that cannot work.
+fn invalid_spec(
+    primary: &Primary<'_>,
+    previous: Option<&DittoServerStatus>,
+    problems: &str,
+    now: &str,
+) -> Outcome {
+    let status = status::failed(previous, primary.generation, problems, now);
+    if previous == Some(&status) {
+        return Outcome::actions(Vec::new());
+    }
+    let mut actions = Vec::with_capacity(2);
+    if let Ok(status) = serde_json::to_value(&status) {
+        actions.push(Action::PatchStatus { status });
+    }
+    actions.push(Action::Event {
+        event_type: EventType::Warning,
+        reason: "InvalidSpec".into(),
+        message: problems.into(),
+    });
+    Outcome::actions(actions)
+}
