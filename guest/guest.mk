@@ -43,7 +43,11 @@ lint-guest: ## Clippy (native and wasm32, -D warnings) and rustfmt check of the 
 	$(CARGO) clippy $(GUEST_PACKAGES) --all-targets --target $(GUEST_WASM_TARGET) --features dittofs-reconciler/js -- -D warnings
 	$(CARGO) fmt $(GUEST_PACKAGES) --check
 
+# `--locked` first; should a crate of its lock file have been yanked since, the
+# same version is built against the registry's current versions instead.
 wasm-bindgen-cli: ## Install wasm-bindgen-cli $(WASM_BINDGEN_VERSION) into the user cache (reused when present)
 	@if ! "$(WASM_BINDGEN_TEST_RUNNER)" --version 2>/dev/null | grep -q " $(WASM_BINDGEN_VERSION)"; then \
-	  $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --locked --root "$(GUEST_TOOLS)"; \
+	  $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --locked --root "$(GUEST_TOOLS)" || \
+	  { echo "wasm-bindgen-cli: --locked failed, retrying without the lock file" >&2; \
+	    $(CARGO) install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION) --root "$(GUEST_TOOLS)"; }; \
 	fi

@@ -7,8 +7,8 @@
 //! module still checks what it relies on ([`crate::validate`]): a snapshot may come
 //! from anywhere.
 //!
-//! Every optional section has a default, so the API server fills in every default and
-//! `kubectl get -o yaml` shows the configuration the server really runs with.
+//! Optional sections have no default of their own: the CRD defaults their fields once
+//! a section is written, and the module applies the same defaults when it is not.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -58,27 +58,27 @@ pub struct DittoServerSpec {
     pub storage: StorageSpec,
 
     /// The control plane's database: SQLite on the server's volume, or PostgreSQL.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub database: DatabaseSpec,
 
     /// The server's local cache.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub cache: CacheSpec,
 
     /// Prometheus metrics endpoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub metrics: MetricsSpec,
 
     /// The REST control plane.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub control_plane: ControlPlaneSpec,
 
     /// Identity store, JWT authentication of the control plane, and the initial admin user.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub identity: IdentitySpec,
 
     /// The Service that exposes the file protocols (`<name>-file`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub service: ServiceSpec,
 
     /// NFS port of the server and of its Services.
@@ -87,7 +87,7 @@ pub struct DittoServerSpec {
     pub nfs_port: i32,
 
     /// The SMB2 adapter.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub smb: SmbSpec,
 
     /// S3 credentials for S3-backed content stores, passed to the server as AWS_* variables.
@@ -95,7 +95,7 @@ pub struct DittoServerSpec {
     pub s3: Option<S3Spec>,
 
     /// A PostgreSQL cluster for the control plane, created through the Percona operator.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub percona: PerconaSpec,
 
     /// Compute resources of the server container.
@@ -184,7 +184,7 @@ pub struct DatabaseSpec {
     pub kind: DatabaseType,
 
     /// SQLite settings (used with type `sqlite`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub sqlite: SqliteSpec,
 
     /// A Secret with the PostgreSQL connection: keys `host`, `database`, `user`,
@@ -295,7 +295,7 @@ pub struct IdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtSpec>,
     /// The initial admin user.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub admin: AdminSpec,
 }
 
@@ -402,10 +402,10 @@ pub struct SmbSpec {
     #[schemars(range(min = 0))]
     pub max_requests_per_connection: i32,
     /// Connection timeouts (Go durations).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub timeouts: SmbTimeouts,
     /// SMB2 credit (flow control) settings.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub credits: SmbCredits,
     /// How often the adapter logs its metrics (Go duration).
     #[serde(default = "defaults::five_minutes")]
@@ -588,7 +588,7 @@ pub struct PerconaSpec {
     pub database_name: String,
 
     /// pgBackRest backups to S3.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub backup: PerconaBackupSpec,
 }
 
@@ -734,6 +734,13 @@ pub enum ConditionStatus {
     False,
     /// Not known.
     Unknown,
+}
+
+/// Whether a section holds nothing but defaults: such a section is left out when a
+/// spec is written, and the CRD gives defaults to the section's fields only (as
+/// kubebuilder's markers do), so stored objects stay as small as what users wrote.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// The defaults of the API, shared by serde and (through schemars) the CRD.

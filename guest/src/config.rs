@@ -133,8 +133,7 @@ mod tests {
     #[test]
     fn default_configuration() {
         let yaml = render("nas", &spec(json!({"storage": {"metadataSize": "10Gi"}})));
-        let expected = r#"# DittoFS configuration of DittoServer nas, written by the operator: edits are overwritten.
-# Secrets are not in this file: they reach the server as environment variables.
+        let expected = r#"# Written by the operator for DittoServer nas; secrets come from the environment.
 logging:
   level: "INFO"
   format: "json"

@@ -66,8 +66,11 @@ pub fn ops(outcome: &Outcome) -> Vec<String> {
     actions(outcome)
         .iter()
         .map(|action| match action {
-            Action::Apply { object } => format!("apply {} {}", object["kind"].as_str().unwrap_or("?"),
-                object["metadata"]["name"].as_str().unwrap_or("?")),
+            Action::Apply { object } => format!(
+                "apply {} {}",
+                object["kind"].as_str().unwrap_or("?"),
+                object["metadata"]["name"].as_str().unwrap_or("?")
+            ),
             Action::Delete { kind, name, .. } => format!("delete {kind} {name}"),
             Action::Orphan { kind, name, .. } => format!("orphan {kind} {name}"),
             Action::Event { reason, .. } => format!("event {reason}"),
@@ -79,7 +82,9 @@ pub fn ops(outcome: &Outcome) -> Vec<String> {
 /// The applied object of this kind and name in `outcome`.
 pub fn applied<'a>(outcome: &'a Outcome, kind: &str, name: &str) -> Option<&'a Value> {
     actions(outcome).iter().find_map(|action| match action {
-        Action::Apply { object } if object["kind"] == kind && object["metadata"]["name"] == name => Some(object),
+        Action::Apply { object } if object["kind"] == kind && object["metadata"]["name"] == name => {
+            Some(object)
+        }
         _ => None,
     })
 }
@@ -259,8 +264,11 @@ impl Cluster {
         metadata.insert("resourceVersion".into(), version.into());
         metadata.insert("uid".into(), format!("uid-{kind}-{name}").to_lowercase().into());
         metadata.insert("creationTimestamp".into(), "2026-11-26T11:00:01Z".into());
-        metadata.insert("managedFields".into(), json!([{"manager": "dittofs-operator", "operation": "Apply",
-            "apiVersion": api_version, "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]));
+        metadata.insert(
+            "managedFields".into(),
+            json!([{"manager": "dittofs-operator", "operation": "Apply",
+            "apiVersion": api_version, "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {}}}]),
+        );
         match previous {
             None => add_defaults(&kind, &mut object),
             Some(previous) => {
@@ -271,7 +279,10 @@ impl Cluster {
                     if key == "metadata" {
                         for (k, v) in value.as_object().expect("metadata") {
                             if k == "ownerReferences" {
-                                let mut refs = previous["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+                                let mut refs = previous["metadata"]["ownerReferences"]
+                                    .as_array()
+                                    .cloned()
+                                    .unwrap_or_default();
                                 for r in v.as_array().expect("refs") {
                                     refs.retain(|p| p["uid"] != r["uid"]);
                                     refs.push(r.clone());
