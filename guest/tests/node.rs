@@ -7,6 +7,7 @@
 
 use wasm_bindgen_test::wasm_bindgen_test;
 
+#[path = "golden/cases.rs"]
 mod golden_cases;
 
 #[wasm_bindgen_test]
