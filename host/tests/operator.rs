@@ -13,6 +13,7 @@ use operator_support::*;
 use reconcile_sdk::{Action, KindRef, Manifest, Outcome, PropagationPolicy, Requirement, Snapshot};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
 use wasm_operator::operator::index::ObjectKey;
 use wasm_operator::operator::metrics::{Metrics, ResultLabels};
@@ -479,5 +480,160 @@ async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> 
     })
     .await?;
     second.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn startup_names_the_fix_when_the_primary_crd_is_missing() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-nocrd").await?;
+    let manifest = Manifest {
+        primary: KindRef {
+            api_version: "absent.example.com/v1".into(),
+            kind: "Gadget".into(),
+            plural: "gadgets".into(),
+            optional: false,
+            digest_only: false,
+        },
+        ..mirror_manifest()
+    };
+    let module = NativeModule::new(manifest, |_| Outcome::actions(Vec::new()));
+    let err = match start_operator(&client, module, ns.name()).await {
+        Ok(_) => bail!("the operator started without its primary CRD"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(err.contains("Gadget") && err.contains("kubectl apply -f crds/"), "{err}");
+    Ok(())
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
+
+#[tokio::test]
+async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-http").await?;
+    let module = mirror_module().await?;
+    let digest = wasm_operator::operator::module::Module::digest(module.as_ref()).to_owned();
+    let op = start_operator(&client, module, ns.name()).await?;
+    let addr = some(op.http_addr(), "the HTTP address")?;
+    assert_eq!(http_get(addr, "/healthz").await?.0, 200);
+    eventually("/readyz to answer 200", || async {
+        Ok((http_get(addr, "/readyz").await?.0 == 200).then_some(()))
+    })
+    .await?;
+    let (code, body) = http_get(addr, "/module").await?;
+    assert_eq!(code, 200);
+    let module: Value = serde_json::from_str(&body)?;
+    assert_eq!(module["digest"], json!(digest));
+    assert_eq!(module["name"], "configmap-mirror");
+    assert_eq!(module["manifest"]["primary"]["kind"], "Mirror");
+    assert!(module["loadedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{module}");
+
+    create_mirror(&client, ns.name(), "m", json!({"data": {"a": "1"}})).await?;
+    let metrics = eventually("a successful reconcile in /metrics", || async {
+        let (_, body) = http_get(addr, "/metrics").await?;
+        Ok(body.contains("wasm_operator_reconciles_total{result=\"success\"}").then_some(body))
+    })
+    .await?;
+    for name in [
+        "wasm_operator_reconcile_duration_seconds_bucket",
+        "wasm_operator_wasm_call_duration_seconds_count",
+        "wasm_operator_actions_total{op=\"apply\",result=\"success\"}",
+        "wasm_operator_writes_total{op=\"apply\"}",
+        "wasm_operator_module_info{name=\"configmap-mirror\"",
+        "wasm_operator_module_loaded_timestamp_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
+    // Leave the Mirror deletable with the namespace.
+    mirror_api(&client, ns.name()).delete("m", &DeleteParams::default()).await?;
+    eventually("the Mirror to be gone", || async {
+        Ok(mirror_api(&client, ns.name()).get_opt("m").await?.is_none().then_some(()))
+    })
+    .await?;
+    op.shutdown().await;
+    Ok(())
+}
+
+/// Loads a hostile WAT fixture of `tests/fixtures/` through the runtime, as `run` would.
+async fn wat_fixture(name: &str) -> Result<Arc<wasm_operator::operator::module::WasmModule>> {
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/{name}.wat"));
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join(format!("{name}.wasm"));
+    std::fs::write(&path, wat::parse_file(&source)?)?;
+    let sandbox = wasm_operator::cli::SandboxArgs {
+        memory_limit_mib: 64,
+        deadline_ms: 2000,
+        output_limit_mib: 4,
+        stack_limit_kib: 512,
+        module_cache_dir: None,
+        no_module_cache: true,
+    };
+    Ok(wasm_operator::operator::load_module(&path, &sandbox, 2).await?)
+}
+
+#[tokio::test]
+async fn the_forbidden_wat_fixtures_are_rejected_and_nothing_is_written() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let dittoservers = kube::discovery::ApiResource {
+        group: "dittofs.dittofs.com".into(),
+        version: "v1alpha1".into(),
+        api_version: "dittofs.dittofs.com/v1alpha1".into(),
+        kind: "DittoServer".into(),
+        plural: "dittoservers".into(),
+    };
+    for fixture in [
+        "forbidden-apply-other-namespace",
+        "forbidden-apply-unlisted-kind",
+        "forbidden-delete-unowned",
+        "forbidden-remove-foreign-finalizer",
+    ] {
+        let ns = TestNamespace::create(cluster, fixture).await?;
+        let ns = ns.name().to_owned();
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        // No root-CA publisher runs in the test control plane: make the victim.
+        let victim: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "kube-root-ca.crt"}}))?;
+        cms.create(&PostParams::default(), &victim).await?;
+        let servers: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), &ns, &dittoservers);
+        let server = json!({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+            "metadata": {"name": "hostile", "finalizers": ["example.com/not-mine"]},
+            "spec": {"storage": {"metadataSize": "1Gi"}}});
+        servers.create(&PostParams::default(), &serde_json::from_value(server)?).await?;
+
+        let op = start_operator(&client, wat_fixture(fixture).await?, &ns).await?;
+        eventually(&format!("ActionRejected from {fixture}"), || async {
+            Ok((!events(&client, &ns, "hostile", "ActionRejected").await?.is_empty()).then_some(()))
+        })
+        .await?;
+        let events_written = op
+            .metrics
+            .writes
+            .get_or_create(&wasm_operator::operator::metrics::OpLabels { op: "event".into() })
+            .get();
+        assert_eq!(op.metrics.writes_total() - events_written, 0, "{fixture}: only events may be written");
+        op.shutdown().await;
+
+        let kube_system: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+        assert!(kube_system.get_opt("hostile-config").await?.is_none(), "{fixture}");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        assert!(secrets.get_opt("hostile-secret").await?.is_none(), "{fixture}");
+        assert!(cms.get_opt("kube-root-ca.crt").await?.is_some(), "{fixture}");
+        let finalizers = servers.get("hostile").await?.metadata.finalizers.unwrap_or_default();
+        assert_eq!(finalizers, ["example.com/not-mine"], "{fixture}");
+        // Let the namespace go.
+        let clear = json!({"metadata": {"finalizers": null}});
+        servers.patch("hostile", &PatchParams::default(), &Patch::Merge(clear)).await?;
+    }
     Ok(())
 }

@@ -178,9 +178,13 @@ impl Controller {
             let workers: Vec<_> =
                 (0..concurrency.max(1)).map(|_| tokio::spawn(self.clone().worker(stop_rx.clone()))).collect();
             let shutting_down = tokio::select! {
+                biased;
                 _ = shutdown.wait_for(|s| *s) => true,
                 _ = leading.wait_for(|l| !*l) => false,
             };
+            // The elector ends (closing `leading`) on shutdown too: that is not a
+            // loss of leadership.
+            let shutting_down = shutting_down || *shutdown.borrow();
             let _ = stop_tx.send(true);
             for worker in workers {
                 if let Err(err) = worker.await {

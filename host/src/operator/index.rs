@@ -388,7 +388,7 @@ mod tests {
         jwt.sort();
         assert_eq!(jwt, [p.clone(), q.clone()]);
         index.set(&p, vec![secret("s3")]);
-        assert_eq!(index.primaries_for(&secret("jwt")), [q.clone()]);
+        assert_eq!(index.primaries_for(&secret("jwt")), vec![q.clone()]);
         assert_eq!(index.targets_of(&p), [secret("s3")]);
         index.remove(&p);
         assert!(index.primaries_for(&secret("s3")).is_empty());
