@@ -637,3 +637,48 @@ async fn the_forbidden_wat_fixtures_are_rejected_and_nothing_is_written() -> Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_label_selector_scopes_which_primaries_are_reconciled() -> Result<()> {
+    use wasm_operator::operator::{OperatorConfig, RunningOperator, watch::Scope};
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-selector").await?;
+    let ns = ns.name().to_owned();
+    let module = NativeModule::new(mirror_manifest(), configmap_mirror::reconcile);
+    let config = OperatorConfig {
+        scope: Scope { namespace: Some(ns.clone()), label_selector: Some("shard=a".into()) },
+        concurrency: 2,
+        http_addr: None,
+        leader: None,
+        backoff: Default::default(),
+        instance: None,
+    };
+    let op = RunningOperator::start(client.clone(), "the test cluster", module.clone(), config).await?;
+    wait_ready(&op).await?;
+    let mirror = |name: &str, shard: &str| {
+        json!({"apiVersion": "mirror.example.com/v1", "kind": "Mirror",
+            "metadata": {"name": name, "labels": {"shard": shard}}, "spec": {"data": {"k": "v"}}})
+    };
+    // The out-of-scope one first: by the time the in-scope one is mirrored, the
+    // other's events have long been delivered, and ignored.
+    e2e::apply(&client, Some(&ns), &mirror("theirs", "b")).await?;
+    e2e::apply(&client, Some(&ns), &mirror("ours", "a")).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    eventually("the in-scope Mirror's ConfigMap", || async { Ok(cms.get_opt("ours-mirror").await?) }).await?;
+    assert!(cms.get_opt("theirs-mirror").await?.is_none());
+    let seen: Vec<String> = module
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.object["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!seen.is_empty() && seen.iter().all(|n| n == "ours"), "{seen:?}");
+    mirror_api(&client, &ns).delete("ours", &DeleteParams::default()).await?;
+    eventually("the in-scope Mirror to be gone", || async {
+        Ok(mirror_api(&client, &ns).get_opt("ours").await?.is_none().then_some(()))
+    })
+    .await?;
+    op.shutdown().await;
+    Ok(())
+}
