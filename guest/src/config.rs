@@ -22,9 +22,8 @@ pub fn uses_postgres(spec: &DittoServerSpec) -> bool {
 pub fn render(name: &str, spec: &DittoServerSpec) -> String {
     let mut yaml = Yaml(String::with_capacity(768));
     yaml.comment(&format!(
-        "DittoFS configuration of DittoServer {name}, written by the operator: edits are overwritten."
+        "Written by the operator for DittoServer {name}; secrets come from the environment."
     ));
-    yaml.comment("Secrets are not in this file: they reach the server as environment variables.");
     yaml.section(0, "logging");
     yaml.string(1, "level", "INFO");
     yaml.string(1, "format", "json");

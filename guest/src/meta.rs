@@ -49,8 +49,8 @@ impl<'a> Primary<'a> {
     /// Reads the primary's metadata from the snapshot's `object`.
     pub fn read(object: &'a Value) -> Result<Self, ReconcileError> {
         let metadata = object.get("metadata").ok_or(ReconcileError::MissingField("metadata"))?;
-        let raw = RawMeta::deserialize(metadata).map_err(|err| {
-            ReconcileError::InvalidObject(format!("object metadata does not decode: {err}"))
+        let raw: RawMeta<'a> = serde_path_to_error::deserialize(metadata).map_err(|err| {
+            ReconcileError::InvalidObject(format!("metadata.{} does not decode: {}", err.path(), err.inner()))
         })?;
         let name = raw.name.filter(|n| !n.is_empty()).ok_or(ReconcileError::MissingField("metadata.name"))?;
         let namespace = raw
@@ -200,7 +200,7 @@ mod tests {
                 json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": "x"}}),
                 "generation",
             ),
-            (json!({"metadata": {"name": 7}}), "metadata does not decode"),
+            (json!({"metadata": {"name": 7}}), "metadata.name does not decode"),
             (json!("text"), "metadata"),
         ];
         for (object, expected) in cases {
@@ -229,8 +229,9 @@ mod tests {
         for (object, updating) in cases {
             assert_eq!(StatefulSetState::read(&object).is_updating(), updating, "{object}");
         }
-        let state = StatefulSetState::read(&json!({"status": {"replicas": 1, "readyReplicas": -4,
-            "availableReplicas": 99999999999_i64}}));
+        let object =
+            json!({"status": {"replicas": 1, "readyReplicas": -4, "availableReplicas": 99999999999_i64}});
+        let state = StatefulSetState::read(&object);
         assert_eq!((state.replicas, state.ready_replicas, state.available_replicas), (1, 0, 0));
     }
 }

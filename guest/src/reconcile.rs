@@ -1,9 +1,10 @@
 //! The reconcile of a DittoServer that is not being deleted.
 //!
-//! Order of the actions: the Percona cluster, the ConfigMap, the Services, the
+//! Order of the actions: the ConfigMap, the Services, the Percona cluster, the
 //! StatefulSet (which mounts the ConfigMap and, with Percona, waits for the cluster),
 //! and the status last, so that it is only written once everything before it
-//! succeeded.
+//! succeeded. One exception: while creating the Percona cluster keeps failing, the
+//! status (DatabaseReady False, PerconaNotFound) goes before the next attempt.
 
 use reconcile_sdk::{Action, EventType, Outcome, Snapshot};
 use serde::Deserialize;
@@ -68,8 +69,16 @@ fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
     let mut actions = Vec::new();
 
     let cluster = observed.find(PERCONA_API_VERSION, PERCONA_KIND, &names::percona_cluster(name));
-    percona::plan(&owner, &spec, cluster, &mut actions);
-    let database = spec.percona.enabled.then(|| percona::readiness(cluster));
+    let mut cluster_actions = Vec::new();
+    percona::plan(&owner, &spec, cluster, &mut cluster_actions);
+    // A cluster created by this batch exists, not ready, once the status is written;
+    // unless creating it already failed (the PerconaPGCluster CRD may be missing):
+    // then the status says so, and is written before the next attempt.
+    let creation_failing = spec.percona.enabled && cluster.is_none() && snapshot.last_failure.is_some();
+    let database = spec.percona.enabled.then(|| match cluster {
+        None if !creation_failing => Readiness::NotReady(None),
+        cluster => percona::readiness(cluster),
+    });
 
     let config_yaml = config::render(name, &spec);
     let mut config_hasher = ConfigHasher::new();
@@ -108,6 +117,10 @@ fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
         });
     }
 
+    if !creation_failing {
+        actions.append(&mut cluster_actions);
+    }
+
     let observed_sts = observed.find("apps/v1", "StatefulSet", name);
     // With Percona, the server is not created before its database is ready; once it
     // exists it is kept up to date whatever the cluster's state.
@@ -137,6 +150,7 @@ fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
     if previous.as_ref() != Some(&status) {
         actions.push(Action::PatchStatus { status: serde_json::to_value(&status)? });
     }
+    actions.append(&mut cluster_actions);
     Ok(Outcome::actions(actions))
 }
 

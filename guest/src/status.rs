@@ -83,7 +83,10 @@ pub fn compute(
             Readiness::NotReady(state) => (
                 ConditionStatus::False,
                 "PerconaNotReady",
-                format!("PerconaPGCluster {cluster} is {}", state.unwrap_or("not ready yet")),
+                match state {
+                    Some(state) => format!("PerconaPGCluster {cluster} is {state}"),
+                    None => format!("PerconaPGCluster {cluster} is not ready yet"),
+                },
             ),
             Readiness::Ready => {
                 (ConditionStatus::True, "PerconaReady", format!("PerconaPGCluster {cluster} is ready"))

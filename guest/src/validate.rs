@@ -334,7 +334,7 @@ mod tests {
             ),
             ("Server", |_| {}, "metadata.name: \"Server\" is not a DNS label"),
             ("a.b", |_| {}, "metadata.name: \"a.b\" is not a DNS label"),
-            ("a234567890123456789012345678901234567890123456789012", |_| {}, "longer than 52"),
+            ("a2345678901234567890123456789012345678901234567890123", |_| {}, "longer than 52"),
         ];
         for (name, edit, expected) in cases {
             let mut spec = spec();
