@@ -124,7 +124,7 @@ for entry in "${missing[@]}"; do
   # CGO is off: static binaries that do not depend on this machine's libc.
   (
     cd "$CLUSTER_SRC/$dir"
-    CGO_ENABLED=0 exec nice -n 10 go build -v -trimpath -ldflags="$ldflags" -o "$CACHE_DIR/.$name.tmp" "$pkg"
+    CGO_ENABLED=0 exec nice -n 10 go build -v -trimpath -buildvcs=false -ldflags="$ldflags" -o "$CACHE_DIR/.$name.tmp" "$pkg"
   ) >"$build_log" 2>&1 &
   build_pid=$!
   while kill -0 "$build_pid" 2>/dev/null; do

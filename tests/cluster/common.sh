@@ -20,8 +20,9 @@ take_cluster_lock() {
   mkdir -p "$CLUSTER_DIR"
   exec 8>"$CLUSTER_DIR/.lock"
   if ! flock -n 8; then
-    log "another cluster-up/cluster-down is running; waiting for it"
-    flock 8
+    # Bounded, but generously: the holder may be in the middle of a cold build.
+    log "another cluster-up/cluster-down is running; waiting for it (at most 30 minutes)"
+    flock -w 1800 8 || die "gave up waiting for the lock $CLUSTER_DIR/.lock; is a cluster-up stuck? (fuser -v $CLUSTER_DIR/.lock)"
   fi
 }
 

@@ -2,6 +2,7 @@
 # Stops the local control plane started by up.sh and removes its state.
 # Idempotent: without a running control plane it does nothing. See --help.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {

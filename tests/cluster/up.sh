@@ -3,6 +3,7 @@
 # kube-controller-manager) on 127.0.0.1 for the end-to-end tests and `make run`.
 # Idempotent: a healthy running control plane is reused. See --help.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
@@ -85,6 +86,7 @@ mkdir -p "$PKI"
 # leaves stray servers behind. The state file is written first for that reason.
 declare -A PIDS=()
 write_state() {
+  local component
   {
     printf 'STATE_DIR=%q\nBIN_DIR=%q\nAPI_SERVER_URL=%q\n' "$STATE_DIR" "$BIN_DIR" "${API_SERVER_URL:-}"
     printf 'ETCD_CLIENT_PORT=%q\nETCD_PEER_PORT=%q\nAPISERVER_PORT=%q\n' "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT"
@@ -164,7 +166,9 @@ start() { # <component> <args...>
   local component="$1"
   shift
   : >"$LOG_DIR/$component.log"
-  setsid "$BIN_DIR/$component" "$@" </dev/null >>"$LOG_DIR/$component.log" 2>&1 &
+  # 8>&-: the server must not inherit the cluster lock, or it would hold it
+  # for as long as it runs and every later up.sh/down.sh would wait forever.
+  setsid "$BIN_DIR/$component" "$@" </dev/null >>"$LOG_DIR/$component.log" 2>&1 8>&- &
   PIDS[$component]=$!
   write_state
   log "started $component (pid ${PIDS[$component]}, log $LOG_DIR/$component.log)"
@@ -193,13 +197,13 @@ etcd_healthy() {
 # Durability is pointless for a throwaway test store; skipping fsync keeps etcd
 # from slowing down every write on a busy machine.
 start etcd \
-  --name=default \
+  --name=dittofs-e2e \
   --data-dir="$STATE_DIR/etcd" \
   --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
-  --initial-cluster="default=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster="dittofs-e2e=http://127.0.0.1:$ETCD_PEER_PORT" \
   --unsafe-no-fsync \
   --log-level=warn
 wait_for etcd "etcd to report healthy" etcd_healthy

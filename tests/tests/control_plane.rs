@@ -1,0 +1,258 @@
+//! The local control plane does what the operator's end-to-end tests rely on:
+//! it is ready, the garbage collector carries out background, foreground and
+//! orphan deletion, and RBAC denies what it does not allow.
+
+use anyhow::{Context as _, Result, ensure};
+use e2e::{DEFAULT_TIMEOUT, TestNamespace, cluster, wait_until};
+use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, Resource as _, ResourceExt as _};
+
+/// A finalizer of the test's own, so that a dependent stays visible while the
+/// garbage collector deletes it.
+const HOLD_FINALIZER: &str = "e2e.dittofs.dittofs.com/hold";
+
+fn config_map(name: &str, owner: Option<OwnerReference>, finalizers: &[&str]) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            owner_references: owner.map(|o| vec![o]),
+            finalizers: (!finalizers.is_empty())
+                .then(|| finalizers.iter().map(|f| (*f).to_owned()).collect()),
+            ..ObjectMeta::default()
+        },
+        data: Some([("key".to_owned(), name.to_owned())].into()),
+        ..ConfigMap::default()
+    }
+}
+
+/// A reference to `owner` as a controller would set it. `block_owner_deletion`
+/// makes a foreground deletion of the owner wait for this dependent.
+fn owned_by(owner: &ConfigMap, block_owner_deletion: bool) -> Result<OwnerReference> {
+    let mut reference = owner.controller_owner_ref(&()).context("the owner has no name or uid")?;
+    reference.block_owner_deletion = Some(block_owner_deletion);
+    Ok(reference)
+}
+
+/// Creates `owner` and a `dependent` config map that it owns; returns the owner.
+async fn owner_and_dependent(
+    config_maps: &Api<ConfigMap>,
+    block_owner_deletion: bool,
+    dependent_finalizers: &[&str],
+) -> Result<ConfigMap> {
+    let owner = config_maps.create(&PostParams::default(), &config_map("owner", None, &[])).await?;
+    let reference = owned_by(&owner, block_owner_deletion)?;
+    config_maps
+        .create(&PostParams::default(), &config_map("dependent", Some(reference), dependent_finalizers))
+        .await?;
+    Ok(owner)
+}
+
+async fn wait_gone(config_maps: &Api<ConfigMap>, name: &str, why: &str) -> Result<()> {
+    wait_until(format!("config map {name} to be deleted ({why})"), DEFAULT_TIMEOUT, || async move {
+        Ok(config_maps.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn api_server_answers_readyz() -> Result<()> {
+    let client = cluster().await?.client()?;
+    let body = client.request_text(http::Request::get("/readyz").body(Vec::new())?).await?;
+    assert_eq!(body, "ok");
+    Ok(())
+}
+
+#[tokio::test]
+async fn background_deletion_collects_the_dependent() -> Result<()> {
+    let cluster = cluster().await?;
+    let ns = TestNamespace::create(cluster, "gc-background").await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client()?, ns.name());
+    owner_and_dependent(&config_maps, false, &[]).await?;
+
+    config_maps.delete("owner", &DeleteParams::background()).await?;
+
+    wait_gone(&config_maps, "dependent", "garbage collector, after its owner was deleted in the background")
+        .await?;
+    ensure!(config_maps.get_opt("owner").await?.is_none(), "the owner came back");
+    Ok(())
+}
+
+#[tokio::test]
+async fn foreground_deletion_waits_for_the_dependent() -> Result<()> {
+    let cluster = cluster().await?;
+    let ns = TestNamespace::create(cluster, "gc-foreground").await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client()?, ns.name());
+    owner_and_dependent(&config_maps, true, &[HOLD_FINALIZER]).await?;
+
+    config_maps.delete("owner", &DeleteParams::foreground()).await?;
+
+    // The garbage collector deletes the dependent; our finalizer keeps it around.
+    let cm = &config_maps;
+    wait_until("the garbage collector to delete the dependent of a foreground deletion", DEFAULT_TIMEOUT, || async move {
+        Ok(cm.get_opt("dependent").await?.filter(|d| d.metadata.deletion_timestamp.is_some()))
+    })
+    .await?;
+    // While the (blocking) dependent exists, the owner must wait for it.
+    let owner =
+        config_maps.get_opt("owner").await?.context("the owner is gone while its dependent exists")?;
+    ensure!(
+        owner.metadata.deletion_timestamp.is_some(),
+        "the owner is not being deleted: {:?}",
+        owner.metadata
+    );
+    ensure!(
+        owner.finalizers().iter().any(|f| f == "foregroundDeletion"),
+        "the owner lacks the foregroundDeletion finalizer: {:?}",
+        owner.finalizers()
+    );
+
+    // Let the dependent go: then the owner goes too.
+    config_maps
+        .patch(
+            "dependent",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+    wait_gone(&config_maps, "dependent", "its finalizer was removed").await?;
+    wait_gone(&config_maps, "owner", "its last blocking dependent is gone").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn orphan_deletion_keeps_the_dependent() -> Result<()> {
+    let cluster = cluster().await?;
+    let ns = TestNamespace::create(cluster, "gc-orphan").await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(cluster.client()?, ns.name());
+    let owner = owner_and_dependent(&config_maps, false, &[]).await?;
+
+    config_maps.delete("owner", &DeleteParams::orphan()).await?;
+
+    // The owner goes only after the garbage collector has orphaned its dependents.
+    wait_gone(&config_maps, "owner", "orphan deletion, once its dependents are orphaned").await?;
+    let dependent = config_maps.get_opt("dependent").await?.context("the orphaned dependent was deleted")?;
+    ensure!(dependent.metadata.deletion_timestamp.is_none(), "the orphaned dependent is being deleted");
+    let owner_uid = owner.uid().context("the owner has no uid")?;
+    ensure!(
+        dependent.owner_references().iter().all(|r| r.uid != owner_uid),
+        "the dependent still references its deleted owner: {:?}",
+        dependent.owner_references()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn rbac_denies_a_service_account_without_permissions() -> Result<()> {
+    let cluster = cluster().await?;
+    let ns = TestNamespace::create(cluster, "rbac").await?;
+    let admin = cluster.client()?;
+    let account = "no-permissions";
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns.name())
+        .create(
+            &PostParams::default(),
+            &ServiceAccount {
+                metadata: ObjectMeta { name: Some(account.to_owned()), ..ObjectMeta::default() },
+                ..ServiceAccount::default()
+            },
+        )
+        .await?;
+
+    // The admin (system:masters) may impersonate; the request is then decided
+    // by the service account's own permissions.
+    let user = format!("system:serviceaccount:{}:{account}", ns.name());
+    let mut config = cluster.config().clone();
+    config.auth_info.impersonate = Some(user.clone());
+    let as_account: Api<ConfigMap> = Api::namespaced(Client::try_from(config)?, ns.name());
+
+    match as_account.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "expected Forbidden, got {status:?}");
+            assert!(status.message.contains(&user), "denied for someone else: {}", status.message);
+        }
+        other => panic!("a service account without permissions listed config maps: {other:?}"),
+    }
+
+    // Granting the permission makes the same request succeed, so the 403 above
+    // was RBAC's decision and not a broken impersonation.
+    let role = Role {
+        metadata: ObjectMeta { name: Some("read-config-maps".to_owned()), ..ObjectMeta::default() },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            verbs: vec!["list".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    Api::<Role>::namespaced(admin.clone(), ns.name()).create(&PostParams::default(), &role).await?;
+    let binding = RoleBinding {
+        metadata: ObjectMeta { name: Some("read-config-maps".to_owned()), ..ObjectMeta::default() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: "read-config-maps".to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: account.to_owned(),
+            namespace: Some(ns.name().to_owned()),
+            ..Subject::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(admin, ns.name()).create(&PostParams::default(), &binding).await?;
+    let as_account = &as_account;
+    wait_until(
+        "the service account to be allowed to list config maps once bound to a role",
+        DEFAULT_TIMEOUT,
+        || async move {
+            match as_account.list(&Default::default()).await {
+                Ok(_) => Ok(Some(())),
+                // RBAC's informers see the new binding a moment later.
+                Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_fixture_crd_is_installed_and_serves_status() -> Result<()> {
+    let cluster = cluster().await?;
+    ensure!(
+        cluster.crds().iter().any(|n| n == "perconapgclusters.pgv2.percona.com"),
+        "installed CRDs: {:?}",
+        cluster.crds()
+    );
+    let ns = TestNamespace::create(cluster, "fixture-crd").await?;
+    let client = cluster.client()?;
+    let applied = e2e::apply_yaml(
+        &client,
+        Some(ns.name()),
+        "apiVersion: pgv2.percona.com/v2\nkind: PerconaPGCluster\nmetadata:\n  name: db\nspec:\n  postgresVersion: 16\n  instances: [{name: instance1, replicas: 1}]\n",
+    )
+    .await?;
+    let [cluster_object] = applied.as_slice() else { anyhow::bail!("applied {} objects", applied.len()) };
+    ensure!(cluster_object.data["spec"]["postgresVersion"] == 16, "spec not kept: {:?}", cluster_object.data);
+
+    // Tests play the Percona operator: they set status.state through the status
+    // subresource.
+    let (resource, _) = kube::discovery::pinned_kind(
+        &client,
+        &kube::api::GroupVersionKind::gvk("pgv2.percona.com", "v2", "PerconaPGCluster"),
+    )
+    .await?;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client, ns.name(), &resource);
+    api.patch_status(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"state": "ready"}})),
+    )
+    .await?;
+    let stored = api.get("db").await?;
+    assert_eq!(stored.data["status"]["state"], "ready");
+    Ok(())
+}
