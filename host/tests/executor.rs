@@ -59,7 +59,7 @@ impl Setup {
     }
 
     async fn run(&self, action: Action, primary: &PrimaryTarget) -> Result<(), ActionError> {
-        self.executor.execute(&action, &self.manifest, primary).await
+        self.executor.execute(&action, &self.manifest, primary).await.map(|_| ())
     }
 
     /// Removes every finalizer so the namespace can go away.
@@ -140,7 +140,15 @@ async fn finalizer_patches_survive_concurrent_status_writes_and_detect_list_chan
     assert!(matches!(err, Err(ActionError::Conflict { .. })), "{err:?}");
     assert_eq!(api.get("m").await?.metadata.finalizers.unwrap_or_default().len(), 2, "nothing was removed");
 
-    // Re-read, try again: only ours goes.
+    // Re-read, try again: only ours goes, and the answer is the primary as written, so
+    // a later action of the same batch is guarded against the new list.
+    let written = s
+        .executor
+        .execute(&Action::RemoveFinalizer { finalizer: FINALIZER.into() }, &s.manifest, &s.fresh("m").await?)
+        .await?;
+    let written = some(written.and_then(|o| PrimaryTarget::new(Arc::new(o))), "the written primary")?;
+    assert_eq!(written.object.metadata.finalizers, Some(vec!["example.com/other".to_owned()]));
+    s.run(Action::AddFinalizer { finalizer: FINALIZER.into() }, &written).await?;
     s.run(Action::RemoveFinalizer { finalizer: FINALIZER.into() }, &s.fresh("m").await?).await?;
     assert_eq!(api.get("m").await?.metadata.finalizers, Some(vec!["example.com/other".to_owned()]));
     s.clear_finalizers("m").await

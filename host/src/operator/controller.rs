@@ -298,7 +298,13 @@ impl Controller {
             let mut conflicted = false;
             for action in &actions {
                 match wiring.executor.execute(action, manifest, &primary).await {
-                    Ok(()) => self.metrics.action(action.op(), "success"),
+                    Ok(written) => {
+                        self.metrics.action(action.op(), "success");
+                        // Guard the rest of the batch against the primary as it is now.
+                        if let Some(fresh) = written.and_then(|o| PrimaryTarget::new(Arc::new(o))) {
+                            primary = fresh;
+                        }
+                    }
                     Err(ActionError::Conflict { message, .. }) => {
                         self.metrics.action(action.op(), "conflict");
                         tracing::info!(

@@ -141,33 +141,36 @@ impl Executor {
         }
     }
 
-    /// Runs one action that confinement allowed.
+    /// Runs one action that confinement allowed. Returns the primary as the API server
+    /// answered when the action wrote it (finalizers, status), so that the next
+    /// actions of the batch are guarded against what is there now, not against the
+    /// cache.
     pub async fn execute(
         &self,
         action: &Action,
         manifest: &Manifest,
         primary: &PrimaryTarget,
-    ) -> Result<(), ActionError> {
+    ) -> Result<Option<DynamicObject>, ActionError> {
         match action {
-            Action::Apply { object } => self.apply(object, manifest, primary).await,
+            Action::Apply { object } => self.apply(object, manifest, primary).await.map(|()| None),
             Action::AddFinalizer { finalizer } => self.finalizer(action.op(), finalizer, true, primary).await,
             Action::RemoveFinalizer { finalizer } => {
                 self.finalizer(action.op(), finalizer, false, primary).await
             }
             Action::Orphan { api_version, kind, name } => {
-                self.orphan(&KindKey::new(api_version, kind), name, manifest, primary).await
+                self.orphan(&KindKey::new(api_version, kind), name, manifest, primary).await.map(|()| None)
             }
-            Action::Delete { api_version, kind, name, propagation_policy } => {
-                self.delete(&KindKey::new(api_version, kind), name, *propagation_policy, manifest, primary)
-                    .await
-            }
+            Action::Delete { api_version, kind, name, propagation_policy } => self
+                .delete(&KindKey::new(api_version, kind), name, *propagation_policy, manifest, primary)
+                .await
+                .map(|()| None),
             Action::PatchStatus { status } => self.patch_status(status, primary).await,
             Action::Event { event_type, reason, message } => {
                 let event_type = match event_type {
                     EventType::Normal => KubeEventType::Normal,
                     EventType::Warning => KubeEventType::Warning,
                 };
-                self.event(event_type, reason, message, "Reconcile", manifest, primary).await
+                self.event(event_type, reason, message, "Reconcile", manifest, primary).await.map(|()| None)
             }
         }
     }
@@ -206,12 +209,12 @@ impl Executor {
         finalizer: &str,
         add: bool,
         primary: &PrimaryTarget,
-    ) -> Result<(), ActionError> {
+    ) -> Result<Option<DynamicObject>, ActionError> {
         let current = primary.object.metadata.finalizers.clone();
         let list = current.clone().unwrap_or_default();
         let present = list.iter().any(|f| f == finalizer);
         if present == add {
-            return Ok(());
+            return Ok(None);
         }
         let new: Vec<String> = if add {
             list.iter().cloned().chain([finalizer.to_owned()]).collect()
@@ -234,6 +237,7 @@ impl Executor {
             "the primary",
         )
         .await
+        .map(Some)
     }
 
     async fn guarded_patch(
@@ -243,14 +247,14 @@ impl Executor {
         name: &str,
         patch: Value,
         target: &str,
-    ) -> Result<(), ActionError> {
+    ) -> Result<DynamicObject, ActionError> {
         let patch: json_patch::Patch = serde_json::from_value(patch)
             .map_err(|err| ActionError::Conflict { op, message: format!("cannot build the patch: {err}") })?;
         self.metrics.write(op);
         match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-            Ok(_) => Ok(()),
-            // 422: the `test` failed (the list changed); 409: a conflicting write;
-            // 404: the object is gone or was re-created under another uid.
+            Ok(object) => Ok(object),
+            // 422: a `test` failed (the list changed, or the object was re-created
+            // under another uid); 409: a conflicting write.
             Err(err) if matches!(status_code(&err), Some(409 | 422)) => {
                 Err(ActionError::Conflict { op, message: err.to_string() })
             }
@@ -308,7 +312,7 @@ impl Executor {
             {"op": "test", "path": "/metadata/ownerReferences", "value": refs},
             {"op": "add", "path": "/metadata/ownerReferences", "value": kept},
         ]);
-        self.guarded_patch(op, &api, name, patch, &format!("{} {name:?}", kind.kind)).await
+        self.guarded_patch(op, &api, name, patch, &format!("{} {name:?}", kind.kind)).await.map(|_| ())
     }
 
     async fn delete(
@@ -347,19 +351,23 @@ impl Executor {
         }
     }
 
-    async fn patch_status(&self, status: &Value, primary: &PrimaryTarget) -> Result<(), ActionError> {
+    async fn patch_status(
+        &self,
+        status: &Value,
+        primary: &PrimaryTarget,
+    ) -> Result<Option<DynamicObject>, ActionError> {
         let op = "patchStatus";
         let current = primary.object.data.get("status").cloned().unwrap_or(Value::Null);
         if &current == status {
-            return Ok(());
+            return Ok(None);
         }
         let patch = json!({ "status": replacing_merge_patch(&current, status) });
         self.metrics.write(op);
         self.primary_api(&primary.key.namespace)
             .patch_status(&primary.key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| ActionError::Api { op, target: "the primary's status".into(), source })?;
-        Ok(())
+            .map(Some)
+            .map_err(|source| ActionError::Api { op, target: "the primary's status".into(), source })
     }
 
     /// Publishes an event regarding the primary (events.k8s.io/v1).
