@@ -14,6 +14,8 @@
 //!   becomes the next snapshot's `lastFailure` and the primary is retried with
 //!   exponential backoff; a guarded patch that conflicts re-reads the primary and
 //!   decides again (bounded), which is not a failure;
+//! - no reconcile runs before every watch has delivered its initial list, so a
+//!   snapshot never shows an existing object as missing;
 //! - workers run only while `leading` is true; when it turns false, or on shutdown,
 //!   they finish their reconcile in flight and stop.
 
@@ -41,6 +43,9 @@ use tracing::Instrument;
 /// How often one reconcile re-reads the primary and decides again after a guarded
 /// patch conflicted, before giving up until the next trigger.
 const CONFLICT_RETRIES: usize = 3;
+
+/// How often a primary waiting for the caches to sync is looked at again.
+const CACHE_SYNC_POLL: Duration = Duration::from_millis(200);
 
 /// What the watches and the executor are built from; replaced as a whole when a hot
 /// swap changes the manifest's kinds.
@@ -205,6 +210,14 @@ impl Controller {
                 _ = stop.wait_for(|s| *s) => return,
                 key = self.queue.next() => key,
             };
+            if !self.wiring().watches.caches.synced() {
+                // A snapshot from a half-listed cache could show an existing object as
+                // missing, and a module would re-create (overwrite) it: wait for every
+                // watch's initial list, at startup and when an optional kind appears.
+                self.queue.enqueue_after(key.clone(), CACHE_SYNC_POLL);
+                self.queue.done(&key);
+                continue;
+            }
             let span = tracing::info_span!("reconcile", namespace = %key.namespace, name = %key.name);
             let started = tokio::time::Instant::now();
             let verdict = self.reconcile(&key).instrument(span.clone()).await;
