@@ -98,14 +98,25 @@ pub struct DecideInput<'a> {
 /// The snapshot's view of the primary and its associated objects, and the set of
 /// (kind, name) that confinement checks `delete`/`orphan` against.
 pub fn view(input: &DecideInput<'_>) -> (Value, Vec<Value>, HashSet<(KindKey, String)>) {
-    let primary = snapshot::object_value(to_value(&input.primary.object), &input.manifest.primary);
+    build_view(input.manifest, input.kinds, input.primary, &input.claimed)
+}
+
+/// [`view`] from its parts: the primary, and the objects claiming it by the owner
+/// label (from the association index), filtered by the uid rule and digested.
+pub fn build_view(
+    manifest: &Manifest,
+    kinds: &KindRegistry,
+    primary: &PrimaryTarget,
+    claimed: &[(KindKey, Arc<DynamicObject>)],
+) -> (Value, Vec<Value>, HashSet<(KindKey, String)>) {
+    let object = snapshot::object_value(to_value(&primary.object), &manifest.primary);
     let mut related = Vec::new();
     let mut associated = HashSet::new();
-    for (kind, obj) in &input.claimed {
-        if !is_associated(obj, &input.manifest.owner_label, &input.primary.key, &input.primary.uid) {
+    for (kind, obj) in claimed {
+        if !is_associated(obj, &manifest.owner_label, &primary.key, &primary.uid) {
             continue;
         }
-        let decl = match input.kinds.lookup(kind) {
+        let decl = match kinds.lookup(kind) {
             KindLookup::Served(decl, _) | KindLookup::Absent(decl) => decl,
             KindLookup::Undeclared => continue,
         };
@@ -115,7 +126,7 @@ pub fn view(input: &DecideInput<'_>) -> (Value, Vec<Value>, HashSet<(KindKey, St
         related.push(snapshot::object_value(to_value(obj), &decl));
     }
     snapshot::sort_objects(&mut related);
-    (primary, related, associated)
+    (object, related, associated)
 }
 
 fn to_value(obj: &DynamicObject) -> Value {
@@ -208,4 +219,219 @@ pub async fn decide(module: &dyn Module, input: DecideInput<'_>) -> Result<Decis
 fn dedup(requirements: &[Requirement]) -> Vec<Requirement> {
     let mut seen = HashSet::new();
     requirements.iter().filter(|r| seen.insert((*r).clone())).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::module::ModuleCallError;
+    use futures::future::BoxFuture;
+    use kube::discovery::ApiResource;
+    use reconcile_sdk::{KindRef, Snapshot};
+    use serde_json::json;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    fn kind(api_version: &str, kind: &str, optional: bool, digest_only: bool) -> KindRef {
+        KindRef {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_lowercase()),
+            optional,
+            digest_only,
+        }
+    }
+
+    fn resource(k: &KindRef) -> ApiResource {
+        let (group, version) = k.api_version.split_once('/').unwrap_or(("", &k.api_version));
+        ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: k.api_version.clone(),
+            kind: k.kind.clone(),
+            plural: k.plural.clone(),
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            abi: 1,
+            name: "t".into(),
+            version: "1".into(),
+            primary: kind("example.com/v1", "Thing", false, false),
+            related: vec![kind("v1", "ConfigMap", false, false), kind("v1", "Secret", false, true)],
+            // Absent (optional, not served): answering it needs no API call.
+            reads: vec![kind("example.com/v1", "Source", true, false)],
+            owner_label: "example.com/thing".into(),
+            field_manager: "t".into(),
+            finalizers: Vec::new(),
+        }
+    }
+
+    fn registry(manifest: &Manifest) -> KindRegistry {
+        KindRegistry::from_parts(
+            resource(&manifest.primary),
+            vec![
+                (manifest.related[0].clone(), Some(resource(&manifest.related[0]))),
+                (manifest.related[1].clone(), Some(resource(&manifest.related[1]))),
+                (manifest.reads[0].clone(), None),
+            ],
+        )
+    }
+
+    fn object(value: serde_json::Value) -> Arc<DynamicObject> {
+        Arc::new(serde_json::from_value(value).expect("a valid object"))
+    }
+
+    fn primary() -> PrimaryTarget {
+        let obj = object(json!({"apiVersion": "example.com/v1", "kind": "Thing",
+            "metadata": {"name": "p", "namespace": "ns", "uid": "uid-p", "managedFields": [{"manager": "x"}]}}));
+        PrimaryTarget::new(obj).expect("named, with a uid")
+    }
+
+    fn claimed(
+        kind: &str,
+        name: &str,
+        controller_uid: &str,
+        data: serde_json::Value,
+    ) -> (KindKey, Arc<DynamicObject>) {
+        let obj = object(json!({"metadata": {"name": name, "namespace": "ns",
+            "labels": {"example.com/thing": "p"},
+            "ownerReferences": [{"apiVersion": "x/v1", "kind": "X", "name": "o", "uid": controller_uid, "controller": true}]},
+            "data": data}));
+        (KindKey::new("v1", kind), obj)
+    }
+
+    #[test]
+    fn the_view_keeps_associated_objects_in_order_and_digests_digest_only_kinds() {
+        let manifest = manifest();
+        let kinds = registry(&manifest);
+        let claimed = vec![
+            claimed("Secret", "s", "uid-p", json!({"k": "dmFsdWU="})),
+            claimed("ConfigMap", "b", "uid-p", json!({"k": "v"})),
+            claimed("ConfigMap", "a", "uid-p", json!({"k": "v"})),
+            claimed("ConfigMap", "foreign", "uid-other", json!({})),
+        ];
+        let (object, related, associated) = build_view(&manifest, &kinds, &primary(), &claimed);
+        assert!(object["metadata"].get("managedFields").is_none());
+        assert_eq!(object["kind"], "Thing");
+        let names: Vec<_> =
+            related.iter().map(|o| o["metadata"]["name"].as_str().unwrap_or_default()).collect();
+        assert_eq!(names, ["a", "b", "s"]);
+        assert_eq!(related[0]["kind"], "ConfigMap", "kind filled in from the manifest");
+        let digest = related[2]["data"]["k"].as_str().unwrap_or_default();
+        assert!(digest.starts_with("sha256:"), "{digest}");
+        assert!(associated.contains(&(KindKey::new("v1", "ConfigMap"), "a".to_owned())));
+        assert!(!associated.contains(&(KindKey::new("v1", "ConfigMap"), "foreign".to_owned())));
+    }
+
+    /// Asks for a new `Source` every call.
+    struct Greedy(Mutex<Vec<Snapshot>>);
+
+    impl Module for Greedy {
+        fn manifest(&self) -> &Manifest {
+            unreachable!("not used by decide")
+        }
+        fn digest(&self) -> &str {
+            "sha256:greedy"
+        }
+        fn reconcile(
+            &self,
+            json: Vec<u8>,
+        ) -> BoxFuture<'static, Result<(Outcome, Duration), ModuleCallError>> {
+            let snapshot = reconcile_sdk::decode_snapshot(&json).expect("a valid snapshot");
+            let mut calls = self.0.lock().expect("not poisoned");
+            calls.push(snapshot);
+            let name = format!("s{}", calls.len());
+            let outcome = Outcome::Actions {
+                actions: Vec::new(),
+                requires: vec![Requirement {
+                    api_version: "example.com/v1".into(),
+                    kind: "Source".into(),
+                    name,
+                }],
+                requeue_after_seconds: None,
+            };
+            Box::pin(async move { Ok((outcome, Duration::ZERO)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn requirements_are_answered_and_a_module_that_keeps_asking_fails_after_four_rounds() {
+        let manifest = manifest();
+        let kinds = registry(&manifest);
+        // Never used: the only kind read is absent, which is answered with null.
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("a url")))
+            .expect("a client");
+        let primary = primary();
+        let module = Greedy(Mutex::new(Vec::new()));
+        let input = DecideInput {
+            manifest: &manifest,
+            kinds: &kinds,
+            client: &client,
+            primary: &primary,
+            claimed: Vec::new(),
+            remembered: Vec::new(),
+            last_failure: None,
+            now: "2026-11-26T12:00:00Z".into(),
+            metrics: None,
+        };
+        let err = decide(&module, input).await.expect_err("never satisfied");
+        assert!(matches!(err, DecideError::TooManyRounds { .. }), "{err}");
+        assert!(err.to_string().contains("after 4 rounds"), "{err}");
+        let calls = module.0.lock().expect("not poisoned");
+        assert_eq!(calls.len(), MAX_ROUNDS);
+        // Each round answers exactly what the previous one asked for.
+        assert!(calls[0].required.is_empty());
+        assert_eq!(calls[1].required.len(), 1);
+        assert_eq!(calls[1].required[0].name, "s1");
+        assert_eq!(calls[1].required[0].object, None);
+        assert_eq!(calls[3].required[0].name, "s3");
+    }
+
+    #[tokio::test]
+    async fn a_requirement_of_an_unlisted_kind_is_rejected_before_any_read() {
+        struct AsksForPods;
+        impl Module for AsksForPods {
+            fn manifest(&self) -> &Manifest {
+                unreachable!("not used by decide")
+            }
+            fn digest(&self) -> &str {
+                "sha256:pods"
+            }
+            fn reconcile(
+                &self,
+                _: Vec<u8>,
+            ) -> BoxFuture<'static, Result<(Outcome, Duration), ModuleCallError>> {
+                let outcome = Outcome::Actions {
+                    actions: Vec::new(),
+                    requires: vec![Requirement {
+                        api_version: "v1".into(),
+                        kind: "Pod".into(),
+                        name: "x".into(),
+                    }],
+                    requeue_after_seconds: None,
+                };
+                Box::pin(async move { Ok((outcome, Duration::ZERO)) })
+            }
+        }
+        let manifest = manifest();
+        let kinds = registry(&manifest);
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("a url")))
+            .expect("a client");
+        let primary = primary();
+        let input = DecideInput {
+            manifest: &manifest,
+            kinds: &kinds,
+            client: &client,
+            primary: &primary,
+            claimed: Vec::new(),
+            remembered: Vec::new(),
+            last_failure: None,
+            now: "2026-11-26T12:00:00Z".into(),
+            metrics: None,
+        };
+        let err = decide(&AsksForPods, input).await.expect_err("rejected");
+        assert!(matches!(err, DecideError::Rejected(_)), "{err}");
+    }
 }
