@@ -17,11 +17,17 @@
 
 pub mod cluster;
 pub mod crds;
+pub mod dittofs;
+pub mod identity;
 pub mod namespace;
 pub mod objects;
+pub mod operator;
+pub mod record;
 pub mod wait;
 
 pub use cluster::{Cluster, cluster};
+pub use dittofs::Scenario;
 pub use namespace::TestNamespace;
 pub use objects::{FIELD_MANAGER, apply, apply_yaml, parse_yaml};
+pub use operator::{Metrics, Operator};
 pub use wait::{DEFAULT_TIMEOUT, wait_until};

@@ -1,0 +1,107 @@
+//! Running as someone other than the admin: a ServiceAccount bound to a Role, and a
+//! kubeconfig that impersonates it (the admin, `system:masters`, may impersonate
+//! anyone; the API server then decides with the account's own RBAC).
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::Kubeconfig;
+
+use crate::Cluster;
+
+/// A policy rule: `verbs` on `resources` of `api_group` (`""` is the core group).
+pub fn rule(api_group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![api_group.to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+/// Creates ServiceAccount `name` in `namespace` and a Role and RoleBinding (both
+/// `name`) granting it `rules` there. Returns the account's user name,
+/// `system:serviceaccount:<namespace>:<name>`.
+pub async fn service_account_with_role(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<String> {
+    let meta = || ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() };
+    let params = PostParams::default();
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&params, &ServiceAccount { metadata: meta(), ..ServiceAccount::default() })
+        .await
+        .with_context(|| format!("cannot create ServiceAccount {name}"))?;
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(&params, &Role { metadata: meta(), rules: Some(rules) })
+        .await
+        .with_context(|| format!("cannot create Role {name}"))?;
+    let binding = RoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: name.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            ..Subject::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(&params, &binding)
+        .await
+        .with_context(|| format!("cannot create RoleBinding {name}"))?;
+    Ok(format!("system:serviceaccount:{namespace}:{name}"))
+}
+
+/// Writes to `path` (mode 0600: it holds the admin's credentials) a copy of the
+/// cluster's kubeconfig whose current user impersonates `user`.
+pub fn write_impersonating_kubeconfig(cluster: &Cluster, user: &str, path: &Path) -> Result<()> {
+    let mut config = match cluster.kubeconfig() {
+        Some(file) => {
+            Kubeconfig::read_from(file).with_context(|| format!("cannot read {}", file.display()))?
+        }
+        None => Kubeconfig::read().context("cannot read the kubeconfig of KUBECONFIG")?,
+    };
+    let context_name =
+        config.current_context.clone().ok_or_else(|| anyhow!("the kubeconfig has no current context"))?;
+    let user_name = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.user.clone())
+        .ok_or_else(|| anyhow!("the kubeconfig has no context {context_name}"))?
+        .ok_or_else(|| anyhow!("context {context_name} names no user"))?;
+    let auth = config
+        .auth_infos
+        .iter_mut()
+        .find(|a| a.name == user_name)
+        .and_then(|a| a.auth_info.as_mut())
+        .ok_or_else(|| anyhow!("the kubeconfig has no user {user_name}"))?;
+    auth.impersonate = Some(user.to_owned());
+    auth.impersonate_groups = None;
+    let yaml = serde_yaml_ng::to_string(&config).context("cannot serialize the kubeconfig")?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?
+    };
+    file.write_all(yaml.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

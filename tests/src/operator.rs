@@ -1,0 +1,414 @@
+//! The real host, `wasm-operator run`, as a child process running the built module.
+//!
+//! Each test starts its own host, scoped to the test's namespace (`--namespace`), so
+//! tests run in parallel without seeing each other's objects. The host serves its
+//! HTTP endpoints on an ephemeral loopback port (`--http-addr 127.0.0.1:0`), found in
+//! its JSON log; the log is kept under `target/e2e/<namespace>/` for diagnosis. The
+//! process is killed when its [`Operator`] is dropped, also when the test panics.
+//!
+//! Both artifacts are built once per test process, so a plain `cargo test -p e2e`
+//! never runs a stale host or module: the host with `cargo build -p wasm-operator`
+//! (same profile as the tests), the module with `make wasm` (the Makefile is the one
+//! place that knows how). `E2E_WASM_OPERATOR` and `E2E_MODULE` name prebuilt files
+//! instead.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::OnceCell;
+
+use crate::cluster::{Cluster, repo_root};
+use crate::wait::{DEFAULT_TIMEOUT, wait_until};
+
+/// Names a prebuilt `wasm-operator` binary to run instead of building one.
+pub const HOST_ENV: &str = "E2E_WASM_OPERATOR";
+/// Names a prebuilt module to run instead of building `target/modules/dittofs-reconciler.wasm`.
+pub const MODULE_ENV: &str = "E2E_MODULE";
+
+/// The module `make wasm` builds, relative to the repository root.
+const MODULE_PATH: &str = "target/modules/dittofs-reconciler.wasm";
+
+/// The host binary and the module the tests run.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// `wasm-operator`.
+    pub host: PathBuf,
+    /// The DittoFS reconcile module (`.wasm`).
+    pub module: PathBuf,
+}
+
+static ARTIFACTS: OnceCell<std::result::Result<Artifacts, String>> = OnceCell::const_new();
+
+/// Builds (once per test process) and returns the host binary and the module.
+pub async fn artifacts() -> Result<&'static Artifacts> {
+    ARTIFACTS
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(build_artifacts)
+                .await
+                .map_err(|e| format!("the build task panicked: {e}"))?
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .as_ref()
+        .map_err(|message| anyhow!("cannot build the host and the module: {message}"))
+}
+
+/// The directory of the profile the tests were built with (`target/debug`), from
+/// the path of the running test binary (`target/debug/deps/<test>-<hash>`).
+fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the test binary's path")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))
+}
+
+/// A command for a build tool, without the variables cargo sets for a running test:
+/// some build scripts (ring's) watch `CARGO_MANIFEST_DIR`, and seeing the test's
+/// value would make the nested build recompile the host every time.
+fn build_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "MAKEFLAGS"
+                    | "MFLAGS"
+                    | "MAKELEVEL"
+            );
+        if set_for_tests {
+            command.env_remove(key);
+        }
+    }
+    command.current_dir(repo_root()).stdin(Stdio::null()).stdout(std::io::stderr());
+    command
+}
+
+fn run_build(mut command: Command, what: &str) -> Result<()> {
+    let status = command.status().with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}); its output is above");
+    }
+    Ok(())
+}
+
+fn build_artifacts() -> Result<Artifacts> {
+    let root = repo_root();
+    let host = match std::env::var_os(HOST_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let dir = profile_dir()?;
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_owned(),
+                Some(name) => name.to_owned(),
+            };
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let mut command = build_command(&cargo);
+            command.args(["build", "--quiet", "-p", "wasm-operator", "--bin", "wasm-operator", "--profile"]);
+            command.arg(&profile);
+            run_build(command, "cargo build -p wasm-operator")?;
+            dir.join("wasm-operator")
+        }
+    };
+    let module = match std::env::var_os(MODULE_ENV) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let mut command = build_command("make");
+            command.args(["--no-print-directory", "--quiet", "wasm"]);
+            run_build(command, "make wasm")?;
+            root.join(MODULE_PATH)
+        }
+    };
+    for (path, what) in [(&host, "the host binary"), (&module, "the module")] {
+        if !path.is_file() {
+            bail!("{what} {} does not exist", path.display());
+        }
+    }
+    Ok(Artifacts { host, module })
+}
+
+/// Where test artifacts (host logs, kubeconfigs) go: `<target>/e2e/<namespace>/`.
+pub fn artifact_dir(namespace: &str) -> Result<PathBuf> {
+    let target = profile_dir()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("the profile directory has no parent"))?;
+    let dir = target.join("e2e").join(namespace);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A running `wasm-operator run`, killed on drop.
+#[derive(Debug)]
+pub struct Operator {
+    child: Mutex<Option<Child>>,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the host as the cluster's admin, watching only `namespace`, and waits
+    /// until it is ready (every watch has listed).
+    pub async fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
+        Self::start_with(cluster, namespace, None).await
+    }
+
+    /// Starts the host with `kubeconfig` (default: the cluster's own), watching only
+    /// `namespace`, and waits until it is ready.
+    pub async fn start_with(cluster: &Cluster, namespace: &str, kubeconfig: Option<&Path>) -> Result<Self> {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let artifacts = artifacts().await?;
+        let log = artifact_dir(namespace)?
+            .join(format!("operator-{}.log", STARTED.fetch_add(1, Ordering::Relaxed)));
+        let file = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = Command::new(&artifacts.host);
+        command
+            .args(["--log-format", "json", "run", "--http-addr", "127.0.0.1:0", "--namespace", namespace])
+            .arg("--module")
+            .arg(&artifacts.module)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().context("cannot share the log file")?)
+            .stderr(file);
+        // The process gets the same cluster as the tests; without an explicit file
+        // it inherits KUBECONFIG, which is how `cluster()` found the cluster too.
+        if let Some(path) = kubeconfig.or(cluster.kubeconfig()) {
+            command.env("KUBECONFIG", path);
+        }
+        let child = command.spawn().with_context(|| format!("cannot start {}", artifacts.host.display()))?;
+        let mut operator =
+            Self { child: Mutex::new(Some(child)), addr: SocketAddr::from(([127, 0, 0, 1], 0)), log };
+        operator.addr = operator.wait_for_addr().await?;
+        let this = &operator;
+        wait_until(
+            format!("the host to be ready (log: {})", this.log.display()),
+            DEFAULT_TIMEOUT,
+            || async move {
+                this.check_alive()?;
+                Ok((this.get("/readyz").await.is_ok_and(|(code, _)| code == 200)).then_some(()))
+            },
+        )
+        .await?;
+        Ok(operator)
+    }
+
+    /// Reads the address the HTTP server bound from the host's JSON log.
+    async fn wait_for_addr(&self) -> Result<SocketAddr> {
+        let this = self;
+        wait_until(
+            format!("the host to serve HTTP (log: {})", this.log.display()),
+            DEFAULT_TIMEOUT,
+            || async move {
+                this.check_alive()?;
+                for line in this.log_lines() {
+                    if line
+                        .get("message")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m.starts_with("serving /metrics"))
+                        && let Some(addr) = line.get("addr").and_then(|a| a.as_str())
+                    {
+                        return Ok(Some(
+                            addr.parse::<SocketAddr>().with_context(|| format!("bad addr {addr:?}"))?,
+                        ));
+                    }
+                }
+                Ok(None)
+            },
+        )
+        .await
+    }
+
+    /// Fails (with the log's tail) when the process has exited.
+    fn check_alive(&self) -> Result<()> {
+        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(child) = child.as_mut() else { bail!("the host was stopped") };
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the host exited ({status}); the end of its log ({}):\n{}",
+                self.log.display(),
+                self.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// The address of the host's HTTP endpoints.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The host's log file (JSON lines).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The host's log so far, one JSON value per line (lines that are not JSON are
+    /// kept as strings).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|_| serde_json::Value::String(line.to_owned()))
+            })
+            .collect()
+    }
+
+    /// The last `lines` lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A plain HTTP GET against the host: status code and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
+            stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await?;
+            anyhow::Ok(response)
+        };
+        let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .with_context(|| format!("GET {path}: no answer"))?
+            .with_context(|| format!("GET {path}"))?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        Ok((code, body.to_owned()))
+    }
+
+    /// The host's `/metrics`, parsed.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let (code, body) = self.get("/metrics").await?;
+        if code != 200 {
+            bail!("/metrics answered {code}: {body}");
+        }
+        Ok(Metrics::parse(&body))
+    }
+
+    /// Stops the host with SIGTERM (as Kubernetes would) and waits for it to exit;
+    /// SIGKILL after 30 seconds.
+    pub fn stop(self) -> Result<ExitStatus> {
+        let taken = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(mut child) = taken else { bail!("the host was already stopped") };
+        let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        if term.is_ok_and(|s| s.success()) {
+            for _ in 0..300 {
+                if let Some(status) = child.try_wait()? {
+                    return Ok(status);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One scrape of `/metrics`: every sample, keyed by its series
+/// (`name{label="value",...}` exactly as the host writes it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Metrics {
+    samples: BTreeMap<String, f64>,
+}
+
+impl Metrics {
+    /// Parses the Prometheus/OpenMetrics text format (comments skipped).
+    pub fn parse(text: &str) -> Self {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Self { samples }
+    }
+
+    /// The sum of every sample of metric `name` whose labels include all of
+    /// `labels`; 0 when there is none (a counter not incremented yet is absent).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(series, _)| {
+                let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+                series_name == name
+                    && labels.iter().all(|(key, value)| series_labels.contains(&format!("{key}=\"{value}\"")))
+            })
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    /// `wasm_operator_writes_total`, all ops: every mutating request the host issued.
+    pub fn writes(&self) -> f64 {
+        self.sum("wasm_operator_writes_total", &[])
+    }
+
+    /// `wasm_operator_reconciles_total{result}`.
+    pub fn reconciles(&self, result: &str) -> f64 {
+        self.sum("wasm_operator_reconciles_total", &[("result", result)])
+    }
+
+    /// `wasm_operator_actions_total{op, result}`.
+    pub fn actions(&self, op: &str, result: &str) -> f64 {
+        self.sum("wasm_operator_actions_total", &[("op", op), ("result", result)])
+    }
+
+    /// Every sample, for failure messages.
+    pub fn samples(&self) -> &BTreeMap<String, f64> {
+        &self.samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_sums_series() {
+        let metrics = Metrics::parse(
+            "# HELP wasm_operator_writes Mutating API requests issued.\n\
+             # TYPE wasm_operator_writes counter\n\
+             wasm_operator_writes_total{op=\"apply\"} 5\n\
+             wasm_operator_writes_total{op=\"event\"} 2\n\
+             wasm_operator_actions_total{op=\"delete\",result=\"error\"} 3\n\
+             wasm_operator_leader 1\n\
+             # EOF\n",
+        );
+        assert_eq!(metrics.writes(), 7.0);
+        assert_eq!(metrics.sum("wasm_operator_writes_total", &[("op", "apply")]), 5.0);
+        assert_eq!(metrics.actions("delete", "error"), 3.0);
+        assert_eq!(metrics.actions("delete", "success"), 0.0);
+        assert_eq!(metrics.sum("wasm_operator_leader", &[]), 1.0);
+        assert_eq!(metrics.sum("wasm_operator_writes", &[]), 0.0);
+    }
+}

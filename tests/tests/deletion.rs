@@ -1,0 +1,401 @@
+//! The DittoServer's deletion (the seed's finalizer truths), proven against the real
+//! control plane and its garbage collector, with the built module in the real host:
+//! phase Deleting and garbage collection, `deleteWithServer` true and false under
+//! background, foreground and orphan propagation, reuse of a preserved cluster, the
+//! 60-second cleanup timeout, and a status written concurrently during deletion.
+//!
+//! Waits are generous bounds; the only time compared is the cleanup timeout's own
+//! 60 seconds, against the timestamps the API server and the host wrote.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use e2e::dittofs::{
+    FINALIZER, OWNER_LABEL, condition_state, controlled_by, dittoservers, names, phase, references,
+};
+use e2e::identity::{rule, service_account_with_role, write_impersonating_kubeconfig};
+use e2e::operator::artifact_dir;
+use e2e::record::Recording;
+use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
+use k8s_openapi::jiff::SignedDuration;
+use kube::ResourceExt as _;
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+fn percona_spec(delete_with_server: bool) -> Value {
+    json!({"storage": {"metadataSize": "1Gi"},
+           "percona": {"enabled": true, "deleteWithServer": delete_with_server}})
+}
+
+/// Creates a DittoServer with Percona, plays the Percona operator and the kubelet
+/// until it runs; returns the server and its PerconaPGCluster.
+async fn running_percona_server(
+    s: &Scenario,
+    name: &str,
+    delete_with_server: bool,
+) -> Result<(DynamicObject, DynamicObject)> {
+    s.create_server(name, percona_spec(delete_with_server)).await?;
+    let cluster_name = names::percona_cluster(name);
+    let perconas = s.perconas();
+    let perconas = &perconas;
+    wait_until("the PerconaPGCluster", DEFAULT_TIMEOUT, || {
+        let cluster_name = cluster_name.clone();
+        async move { Ok(perconas.get_opt(&cluster_name).await?) }
+    })
+    .await
+    .with_context(|| s.diagnosis(name))?;
+    s.set_percona_state(name, "ready").await?;
+    s.wait_statefulset(name).await?;
+    s.mark_statefulset_ready(name).await?;
+    let server = s.wait_phase(name, "Running").await?;
+    let cluster = s.perconas().get(&cluster_name).await?;
+    Ok((server, cluster))
+}
+
+/// Waits until the garbage collector has processed the deleted server `name`'s
+/// dependents: its ConfigMap is gone (`gone`) or no longer references `uid`.
+async fn wait_collected(s: &Scenario, name: &str, uid: &str, gone: bool) -> Result<()> {
+    let config_map = names::config_map(name);
+    let what = if gone {
+        "the garbage collector to delete the ConfigMap"
+    } else {
+        "the garbage collector to orphan the ConfigMap"
+    };
+    let config_map = &config_map;
+    wait_until(what, DEFAULT_TIMEOUT, || async move {
+        let found = s.config_maps().get_opt(config_map).await?;
+        Ok(match found {
+            None => gone.then_some(()),
+            Some(cm) => (!gone && !references(&cm.metadata, uid)).then_some(()),
+        })
+    })
+    .await
+}
+
+/// Scenario 5. Background deletion: phase Deleting (recorded, since it lasts one
+/// batch) with a Normal event; the DittoServer goes; the garbage collector removes
+/// the ConfigMap, the Services and the StatefulSet.
+#[tokio::test]
+async fn background_deletion_goes_through_deleting_and_collects_everything() -> Result<()> {
+    let s = Scenario::start("delete-background").await?;
+    let name = "nas";
+    let server = s
+        .create_running_server(
+            name,
+            json!({"storage": {"metadataSize": "1Gi"}, "metrics": {"enabled": true}}),
+        )
+        .await?;
+    let uid = server.uid().context("no uid")?;
+    let recording = Recording::start(&s.client, s.ns(), &[dittoservers()]).await?;
+
+    s.servers().delete(name, &DeleteParams::background()).await?;
+    s.wait_server_gone(name, DEFAULT_TIMEOUT).await?;
+
+    ensure!(recording.errors().is_empty(), "the recording failed: {:?}", recording.errors());
+    let phases: Vec<String> =
+        recording.changes().iter().filter_map(|c| phase(&c.object).map(str::to_owned)).collect();
+    ensure!(phases.iter().any(|p| p == "Deleting"), "phase Deleting never written; phases seen: {phases:?}");
+    let deleting = recording
+        .changes()
+        .into_iter()
+        .find(|c| phase(&c.object) == Some("Deleting"))
+        .context("no Deleting")?;
+    ensure!(deleting.object.metadata.deletion_timestamp.is_some(), "Deleting before the deletion");
+    ensure!(
+        deleting.object.finalizers().iter().any(|f| f == FINALIZER),
+        "Deleting written after the finalizer went"
+    );
+    let event = s.wait_event(name, "Deleting").await?;
+    ensure!(event.type_.as_deref() == Some("Normal"), "{event:?}");
+
+    let selector = format!("{OWNER_LABEL}={name}");
+    let this = &s;
+    let selector = &selector;
+    wait_until("the garbage collector to remove every owned object", DEFAULT_TIMEOUT, || async move {
+        let lp = ListParams::default().labels(selector);
+        let left = this.config_maps().list(&lp).await?.items.len()
+            + this.services().list(&lp).await?.items.len()
+            + this.statefulsets().list(&lp).await?.items.len();
+        Ok((left == 0).then_some(()))
+    })
+    .await?;
+    // Nothing the GC removed came back: the host did not re-create for a dying server.
+    ensure!(s.config_maps().get_opt(&names::config_map(name)).await?.is_none());
+    ensure!(
+        s.statefulsets().get_opt(name).await?.is_none_or(|sts| !references(&sts.metadata, &uid)),
+        "the StatefulSet still belongs to the deleted server"
+    );
+    Ok(())
+}
+
+/// Scenario 6. `deleteWithServer: true`: the PerconaPGCluster (owned by the server
+/// then) is deleted with it, by the module (Warning event PerconaDeleted).
+#[tokio::test]
+async fn delete_with_server_true_deletes_the_cluster() -> Result<()> {
+    let s = Scenario::start("delete-with-server").await?;
+    let name = "nas";
+    let (server, cluster) = running_percona_server(&s, name, true).await?;
+    let uid = server.uid().context("no uid")?;
+    ensure!(
+        controlled_by(&cluster.metadata, &uid),
+        "no controller reference with deleteWithServer: {:?}",
+        cluster.metadata
+    );
+
+    s.servers().delete(name, &DeleteParams::background()).await?;
+    s.wait_server_gone(name, DEFAULT_TIMEOUT).await?;
+    let cluster_name = names::percona_cluster(name);
+    let perconas = s.perconas();
+    let (perconas, cluster_name) = (&perconas, &cluster_name);
+    wait_until("the PerconaPGCluster to be deleted", DEFAULT_TIMEOUT, || async move {
+        Ok(perconas.get_opt(cluster_name).await?.is_none().then_some(()))
+    })
+    .await?;
+    let event = s.wait_event(name, "PerconaDeleted").await?;
+    ensure!(event.type_.as_deref() == Some("Warning"), "{event:?}");
+    ensure!(s.events(name, "PerconaOrphaned").await?.is_empty(), "orphaned and deleted?");
+    Ok(())
+}
+
+/// Scenario 7. `deleteWithServer: false`: whatever the propagation policy, the
+/// PerconaPGCluster survives the server, with no ownerReference to it.
+async fn delete_with_server_false_keeps_the_cluster(prefix: &str, params: DeleteParams) -> Result<()> {
+    let s = Scenario::start(prefix).await?;
+    let name = "nas";
+    let (server, cluster) = running_percona_server(&s, name, false).await?;
+    let uid = server.uid().context("no uid")?;
+    let cluster_uid = cluster.uid().context("no cluster uid")?;
+    ensure!(
+        !references(&cluster.metadata, &uid),
+        "an ownerReference without deleteWithServer: {:?}",
+        cluster.metadata
+    );
+
+    let orphaning = params.propagation_policy == Some(kube::api::PropagationPolicy::Orphan);
+    s.servers().delete(name, &params).await?;
+    s.wait_server_gone(name, DEFAULT_TIMEOUT).await?;
+    // The garbage collector has seen the owner go; had the cluster depended on it,
+    // it would be deleted (or being deleted) by now.
+    wait_collected(&s, name, &uid, !orphaning).await?;
+    let kept = s
+        .perconas()
+        .get_opt(&names::percona_cluster(name))
+        .await?
+        .context("the PerconaPGCluster was deleted although deleteWithServer is false")?;
+    ensure!(kept.uid().as_deref() == Some(cluster_uid.as_str()), "the PerconaPGCluster was re-created");
+    ensure!(kept.metadata.deletion_timestamp.is_none(), "the PerconaPGCluster is being deleted");
+    ensure!(
+        !references(&kept.metadata, &uid),
+        "the kept cluster references the deleted server: {:?}",
+        kept.metadata
+    );
+    ensure!(
+        kept.labels().get(OWNER_LABEL).map(String::as_str) == Some(name),
+        "the label is what ties it to a namesake"
+    );
+    let event = s.wait_event(name, "PerconaOrphaned").await?;
+    ensure!(event.type_.as_deref() == Some("Normal"), "{event:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_with_server_false_keeps_the_cluster_under_background_deletion() -> Result<()> {
+    delete_with_server_false_keeps_the_cluster("keep-background", DeleteParams::background()).await
+}
+
+#[tokio::test]
+async fn delete_with_server_false_keeps_the_cluster_under_foreground_deletion() -> Result<()> {
+    delete_with_server_false_keeps_the_cluster("keep-foreground", DeleteParams::foreground()).await
+}
+
+#[tokio::test]
+async fn delete_with_server_false_keeps_the_cluster_under_orphan_deletion() -> Result<()> {
+    delete_with_server_false_keeps_the_cluster("keep-orphan", DeleteParams::orphan()).await
+}
+
+/// Scenario 8. A DittoServer re-created under the same name finds the preserved
+/// PerconaPGCluster and uses it as it is: same uid, not written, ready at once.
+#[tokio::test]
+async fn a_recreated_server_reuses_the_preserved_cluster() -> Result<()> {
+    let s = Scenario::start("recreate").await?;
+    let name = "nas";
+    let (server, cluster) = running_percona_server(&s, name, false).await?;
+    let first_uid = server.uid().context("no uid")?;
+    s.servers().delete(name, &DeleteParams::background()).await?;
+    s.wait_server_gone(name, DEFAULT_TIMEOUT).await?;
+    wait_collected(&s, name, &first_uid, true).await?;
+    let preserved = s.perconas().get(&names::percona_cluster(name)).await?;
+    ensure!(preserved.uid() == cluster.uid(), "the cluster did not survive");
+
+    let again = s.create_server(name, percona_spec(false)).await?;
+    ensure!(again.uid() != Some(first_uid), "not a new DittoServer");
+    s.wait_statefulset(name).await?;
+    let server = s
+        .wait_server("DatabaseReady True", name, |o| {
+            condition_state(o, "DatabaseReady") == Some(("True".into(), "PerconaReady".into()))
+        })
+        .await?;
+    ensure!(server.data["status"]["perconaClusterName"] == names::percona_cluster(name).as_str());
+    s.mark_statefulset_ready(name).await?;
+    s.wait_phase(name, "Running").await?;
+    let reused = s.perconas().get(&names::percona_cluster(name)).await?;
+    ensure!(reused.uid() == preserved.uid(), "the PerconaPGCluster was re-created");
+    ensure!(
+        reused.resource_version() == preserved.resource_version(),
+        "the preserved PerconaPGCluster was written: {:?} -> {:?}",
+        preserved.metadata.managed_fields,
+        reused.metadata.managed_fields
+    );
+    Ok(())
+}
+
+/// Scenario 9. Cleanup that keeps failing (the host's identity may not delete
+/// PerconaPGClusters): the finalizer stays and the step is retried; 60 seconds after
+/// deletionTimestamp the finalizer is removed anyway, with a Warning event
+/// CleanupTimeout, and the DittoServer does not hang in Terminating.
+#[tokio::test]
+async fn cleanup_that_keeps_failing_gives_up_after_60_seconds() -> Result<()> {
+    let mut s = Scenario::new("cleanup-timeout").await?;
+    let everything = ["get", "list", "watch", "create", "update", "patch", "delete"];
+    let no_delete = ["get", "list", "watch", "create", "update", "patch"];
+    let user = service_account_with_role(
+        &s.client,
+        s.ns(),
+        "operator-without-delete",
+        vec![
+            rule("dittofs.dittofs.com", &["dittoservers"], &["get", "list", "watch", "update", "patch"]),
+            rule("dittofs.dittofs.com", &["dittoservers/status"], &["get", "update", "patch"]),
+            rule("", &["configmaps", "services"], &everything),
+            rule("apps", &["statefulsets"], &everything),
+            rule("", &["secrets"], &["get", "list", "watch"]),
+            rule("", &["events"], &["create", "update", "patch"]),
+            rule("events.k8s.io", &["events"], &["create", "update", "patch"]),
+            rule("pgv2.percona.com", &["perconapgclusters"], &no_delete),
+        ],
+    )
+    .await?;
+    let kubeconfig = artifact_dir(s.ns())?.join("operator-without-delete.kubeconfig");
+    write_impersonating_kubeconfig(s.cluster(), &user, &kubeconfig)?;
+    s.start_operator(Some(&kubeconfig)).await?;
+
+    // Everything but the cleanup works under this identity.
+    let name = "nas";
+    let (server, _) = running_percona_server(&s, name, true).await?;
+    let uid = server.uid().context("no uid")?;
+
+    s.servers().delete(name, &DeleteParams::background()).await?;
+    let deleting = s.wait_phase(name, "Deleting").await?;
+    let deleted_at = deleting.metadata.deletion_timestamp.clone().context("no deletionTimestamp")?.0;
+
+    // The step fails and is retried, and the finalizer holds meanwhile.
+    let op = s.operator()?;
+    let this = &s;
+    let retries = wait_until("the failing cleanup to be retried", DEFAULT_TIMEOUT, || async move {
+        let failed = op.metrics().await?.actions("delete", "error");
+        let server = this.server(name).await?.context("the DittoServer went while its cleanup fails")?;
+        ensure!(server.finalizers().iter().any(|f| f == FINALIZER), "the finalizer went while cleanup fails");
+        Ok((failed >= 2.0).then_some(failed))
+    })
+    .await
+    .with_context(|| s.diagnosis(name))?;
+    ensure!(
+        op.log_lines().iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("forbidden"))),
+        "the host's log does not say why the cleanup fails"
+    );
+    let cluster = s.perconas().get(&names::percona_cluster(name)).await?;
+    ensure!(cluster.metadata.deletion_timestamp.is_none(), "the cluster is being deleted after all");
+
+    // Then the finalizer goes anyway (retries back off, so allow well beyond 60 s).
+    s.wait_server_gone(name, Duration::from_secs(240)).await?;
+    let timeout = s.wait_event(name, "CleanupTimeout").await?;
+    ensure!(timeout.type_.as_deref() == Some("Warning"), "{timeout:?}");
+    let note = timeout.note.clone().unwrap_or_default();
+    ensure!(note.contains("60s") && note.contains("forbidden"), "the event does not explain: {note}");
+    let given_up_at = timeout.event_time.as_ref().context("the event has no eventTime")?.0;
+    let waited = given_up_at.duration_since(deleted_at);
+    ensure!(
+        waited >= SignedDuration::from_secs(60),
+        "the finalizer was removed {waited:?} after deletionTimestamp, before the 60 s timeout"
+    );
+    ensure!(s.events(name, "PerconaDeleted").await?.is_empty(), "the cleanup succeeded after all?");
+    eprintln!(
+        "cleanup timeout: {retries} failed delete attempts seen while waiting; finalizer removed {waited:?} after \
+         deletionTimestamp ({given_up_at} - {deleted_at}); server uid {uid}"
+    );
+    Ok(())
+}
+
+/// Scenario 10. Another client writes the status while the server is deleted (the
+/// original operator's `Deleting` write then made every finalizer update fail with
+/// 409): deletion completes, and the host's conflicts and failures stay bounded.
+#[tokio::test]
+async fn deletion_completes_while_another_client_writes_the_status() -> Result<()> {
+    let s = Scenario::start("concurrent-status").await?;
+    let name = "nas";
+    s.create_running_server(name, json!({"storage": {"metadataSize": "1Gi"}})).await?;
+    let before = s.operator()?.metrics().await?;
+
+    // The other writer: a status field the module also owns, flipped as fast as the
+    // API server takes it, until the object is gone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (servers, stop, written) = (s.servers(), stop.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut value = 0_u64;
+            while !stop.load(Ordering::Relaxed) {
+                value += 1;
+                let status = json!({"status": {"availableReplicas": value % 2}});
+                match servers.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await {
+                    Ok(_) => {
+                        written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => return,
+                    Err(e) => {
+                        eprintln!("status writer: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Let the writer and the host interleave before the deletion too.
+    let this = &s;
+    let written_ref = &written;
+    wait_until("the other writer to write", DEFAULT_TIMEOUT, || async move {
+        Ok((written_ref.load(Ordering::Relaxed) >= 20).then_some(()))
+    })
+    .await?;
+    let before_delete = written.load(Ordering::Relaxed);
+    s.servers().delete(name, &DeleteParams::background()).await?;
+    let gone = this.wait_server_gone(name, DEFAULT_TIMEOUT).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.await;
+    gone?;
+    let during = written.load(Ordering::Relaxed) - before_delete;
+
+    let after = s.operator()?.metrics().await?;
+    let conflicts = after.sum("wasm_operator_actions_total", &[("result", "conflict")])
+        - before.sum("wasm_operator_actions_total", &[("result", "conflict")]);
+    let failures = after.reconciles("error") - before.reconciles("error");
+    eprintln!(
+        "concurrent status: {during} foreign status writes during deletion; {conflicts} conflicts, {failures} failed reconciles"
+    );
+    ensure!(conflicts <= 3.0, "the host kept conflicting: {conflicts} conflicts; {:?}", after.samples());
+    ensure!(
+        failures <= 3.0,
+        "the host kept failing: {failures} failed reconciles; log: {}",
+        s.operator()?.log_path().display()
+    );
+    ensure!(
+        !s.operator()?
+            .log_lines()
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("kept conflicting"))),
+        "guarded patches kept conflicting"
+    );
+    Ok(())
+}
