@@ -159,6 +159,25 @@ fn a_memory_bomb_hits_the_memory_limit() {
 }
 
 #[test]
+fn a_deep_recursion_traps_instead_of_overflowing_the_host_stack() {
+    // Recurses without end on real snapshots (longer than the smoke test's).
+    let module = engine()
+        .load(&inline(&minimal_module(
+            r#"(func $down (param i32) (result i32) (i32.add (call $down (local.get 0)) (i32.const 1)))
+               (func (export "reconcile") (param i32 i32) (result i64)
+                 (if (i32.lt_u (local.get 1) (i32.const 400)) (then (return (i64.const 0x000010000000000e))))
+                 (drop (call $down (i32.const 0)))
+                 (i64.const 0x000010000000000e))"#,
+        )))
+        .unwrap();
+    let err = module.call(&[b' '; 1000]).expect_err("stack exhausted");
+    assert!(
+        matches!(&err, CallError::Trap { stage: CallStage::Reconcile, message } if message.contains("call stack exhausted")),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_out_of_bounds_result_is_a_bad_pointer() {
     let err = call_error(&load("bad-pointer"));
     assert!(
