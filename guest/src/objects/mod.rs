@@ -62,12 +62,18 @@ impl Owner<'_> {
 
     /// Metadata of an owned object named `name`: namespace, labels, controller reference.
     pub fn metadata(&self, name: String) -> Value {
-        json!({
+        #[allow(unused_mut)]
+        let mut metadata = json!({
             "name": name,
             "namespace": self.namespace,
             "labels": self.labels(),
             "ownerReferences": [self.controller_reference()],
-        })
+        });
+        // A build that differs observably from the default one, for the host's
+        // hot-swap tests and benchmark (`make wasm-v2`); off in every real build.
+        #[cfg(feature = "v2-annotation")]
+        set(&mut metadata, "annotations", Some(json!({"dittofs.dittofs.com/module-generation": "v2"})));
+        metadata
     }
 }
 

@@ -2,6 +2,7 @@
 //! library (`runtime`, `operator`), so this module only parses, sets up logging and
 //! maps results to exit codes.
 
+mod module;
 mod offline;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -39,6 +40,46 @@ pub enum Command {
     Manifest(ManifestArgs),
     /// Capture a live snapshot of one primary object, for `reconcile` to replay.
     Snapshot(SnapshotArgs),
+    /// Manage the module of a running operator (hot swap).
+    #[command(subcommand)]
+    Module(ModuleCommand),
+}
+
+/// `wasm-operator module ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Validate a module locally and upload it, gzip-compressed, to the ConfigMap a
+    /// running operator follows (`run --module-configmap`); the operator swaps to it
+    /// without a restart.
+    ///
+    /// The module passes the same checks the operator runs before a swap (no
+    /// imports, ABI 1, manifest, compiles, a smoke reconcile within the deadline,
+    /// with the same sandbox limits); a module that fails them, or that does not fit
+    /// a ConfigMap after compression (about 960 KiB), is refused and nothing is
+    /// uploaded. The key is server-side applied; other keys are left alone.
+    /// Exit status: 0 uploaded, 1 refused, 2 could not try (file, cluster).
+    Push(PushArgs),
+}
+
+/// `wasm-operator module push`.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// The ConfigMap and key to upload to, as NAMESPACE/NAME[:KEY] (key default
+    /// `module.wasm`); created if missing.
+    #[arg(long, value_name = "NS/NAME[:KEY]")]
+    pub configmap: crate::operator::source::ConfigMapSource,
+    /// The module (a `.wasm` file).
+    #[arg(value_name = "FILE.wasm")]
+    pub file: PathBuf,
+    /// Validate and compress, but upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The field manager of the server-side apply.
+    #[arg(long, default_value = "wasm-operator-push", value_name = "NAME")]
+    pub field_manager: String,
+    /// Limits of the module sandbox; use the operator's.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// Log output formats.
@@ -76,10 +117,27 @@ pub struct SandboxArgs {
 
 /// `wasm-operator run`.
 #[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("module_source").required(true).args(["module", "module_configmap"]))]
 pub struct RunArgs {
-    /// The module to run (a `.wasm` file).
+    /// The module to run (a `.wasm` file, gzip allowed). The file is watched (polled
+    /// every second, following symlinks, so a mounted ConfigMap's atomic update is
+    /// seen): a new version is validated and swapped in without a restart, a bad one
+    /// refused while the running one keeps serving. It must be valid at start.
     #[arg(long, value_name = "PATH", env = "WASM_OPERATOR_MODULE")]
-    pub module: PathBuf,
+    pub module: Option<PathBuf>,
+    /// Load the module from a ConfigMap key instead, as NAMESPACE/NAME[:KEY] (key
+    /// default `module.wasm`; binaryData, gzip allowed; `module push` uploads
+    /// there). The ConfigMap is watched through the API: a new version is validated
+    /// and swapped in without a restart, a bad one refused (Warning event on the
+    /// ConfigMap) while the running one keeps serving. At start the operator waits,
+    /// logging why, until the key holds a valid module; it reconciles nothing before.
+    #[arg(
+        long,
+        value_name = "NS/NAME[:KEY]",
+        env = "WASM_OPERATOR_MODULE_CONFIGMAP",
+        conflicts_with = "module"
+    )]
+    pub module_configmap: Option<crate::operator::source::ConfigMapSource>,
     /// Watch and reconcile only this namespace (default: all namespaces).
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
@@ -155,6 +213,7 @@ pub fn main() -> ExitCode {
         Command::Manifest(args) => offline::manifest(&args),
         Command::Run(args) => in_runtime(crate::operator::run(args)),
         Command::Snapshot(args) => in_runtime(crate::operator::snapshot(args)),
+        Command::Module(ModuleCommand::Push(args)) => module::push(&args),
     }
 }
 

@@ -5,8 +5,9 @@
 //!   leader election, regardless of leadership: a follower is ready to take over),
 //!   503 before;
 //! - `/module` describes the active module as JSON (digest, name, version, loadedAt,
-//!   manifest), read from the same holder the reconciles use, so it shows a hot swap
-//!   at once;
+//!   origin, manifest) and the last refused hot-swap candidate (`lastRejection`:
+//!   digest, reason, message, origin, at; `null` if none), read from the same holder
+//!   the reconciles use, so it shows a hot swap at once;
 //! - `/metrics` is the Prometheus text format.
 
 use super::metrics::Metrics;
@@ -59,12 +60,23 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 async fn module(State(state): State<HttpState>) -> Response {
     let current = state.active.current();
     let manifest = current.module.manifest();
+    let last_rejection = state.active.last_rejection().map(|r| {
+        serde_json::json!({
+            "digest": r.digest,
+            "reason": r.reason,
+            "message": r.message,
+            "origin": r.origin,
+            "at": rfc3339(r.at),
+        })
+    });
     Json(serde_json::json!({
         "digest": current.module.digest(),
         "name": manifest.name,
         "version": manifest.version,
         "loadedAt": rfc3339(current.loaded_at),
+        "origin": current.origin,
         "manifest": manifest,
+        "lastRejection": last_rejection,
     }))
     .into_response()
 }

@@ -48,6 +48,14 @@ pub struct ModuleLabels {
     pub digest: String,
 }
 
+/// Labels of a refused hot-swap candidate.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The failed check: `decode`, `compile`, `imports`, `exports`, `abi`, `manifest`,
+    /// `smoke`, `rights`, `discovery`, `sync`, ...
+    pub reason: String,
+}
+
 /// The operator's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -70,6 +78,10 @@ pub struct Metrics {
     pub module_loaded: Gauge,
     /// Whether this replica is the leader (1) or not (0).
     pub leader: Gauge,
+    /// Hot-swap candidates refused, by the check that failed.
+    pub module_rejected: Family<ReasonLabels, Counter>,
+    /// Hot swaps done (a new module became active).
+    pub module_swaps: Counter,
     active: Mutex<Option<ModuleLabels>>,
 }
 
@@ -117,6 +129,14 @@ impl Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        let module_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "module_rejected",
+            "Hot-swap candidates refused (the active module kept serving), by failed check",
+            module_rejected.clone(),
+        );
+        let module_swaps = Counter::default();
+        registry.register("module_swaps", "Hot swaps: a new module became active", module_swaps.clone());
         Self {
             registry,
             reconciles,
@@ -128,6 +148,8 @@ impl Metrics {
             module_info,
             module_loaded,
             leader,
+            module_rejected,
+            module_swaps,
             active: Mutex::new(None),
         }
     }
@@ -142,6 +164,16 @@ impl Metrics {
         *active = Some(labels);
         let seconds = loaded_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
         self.module_loaded.set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a refused hot-swap candidate.
+    pub fn module_rejection(&self, reason: &str) {
+        self.module_rejected.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    /// Refused hot-swap candidates with `reason` so far.
+    pub fn module_rejections(&self, reason: &str) -> u64 {
+        self.module_rejected.get_or_create(&ReasonLabels { reason: reason.to_owned() }).get()
     }
 
     /// Counts a reconcile.
@@ -217,6 +249,7 @@ mod tests {
         metrics.action("apply", "success");
         metrics.write("apply");
         metrics.rejection("delete");
+        metrics.module_rejection("abi");
         let labels =
             |v: &str| ModuleLabels { name: "m".into(), version: v.into(), digest: "sha256:ab".into() };
         metrics.set_module(labels("1"), SystemTime::UNIX_EPOCH);
@@ -228,6 +261,8 @@ mod tests {
         assert!(text.contains("version=\"2\""), "{text}");
         assert!(!text.contains("version=\"1\""), "{text}");
         assert!(text.contains("wasm_operator_module_loaded_timestamp_seconds 5"), "{text}");
+        assert!(text.contains("wasm_operator_module_rejected_total{reason=\"abi\"} 1"), "{text}");
+        assert_eq!(metrics.module_rejections("abi"), 1);
         assert_eq!(metrics.writes_total(), 1);
         assert_eq!(metrics.rejections_total(), 1);
     }

@@ -8,7 +8,9 @@
 //! ([`reconcile`]), confines the outcome ([`confine`]) and executes it
 //! ([`execute`]), with per-primary backoff ([`backoff`]) and a deduplicating work
 //! queue ([`queue`]). [`leader`] gates reconciling on a Lease; [`http`] and
-//! [`metrics`] make it observable.
+//! [`metrics`] make it observable. [`source`] follows where modules come from (a
+//! file or a ConfigMap key) and [`swap`] validates new versions and swaps them in
+//! without a restart ([`start_from_source`]).
 //!
 //! Guarantees: a module's actions never write outside its manifest's rights; a
 //! primary is never reconciled twice at once; SIGTERM/SIGINT let reconciles in flight
@@ -28,6 +30,8 @@ pub mod module;
 pub mod queue;
 pub mod reconcile;
 pub mod snapshot;
+pub mod source;
+pub mod swap;
 pub mod watch;
 
 use crate::cli::{RunArgs, SandboxArgs, SnapshotArgs};
@@ -69,6 +73,15 @@ pub enum OperatorError {
         #[source]
         source: std::io::Error,
     },
+    /// The module file is gzip but does not decompress, or is too large.
+    #[error("cannot decode module {path}")]
+    DecodeModule {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: source::SourceError,
+    },
     /// The module is not a valid ABI v1 module.
     #[error("module {path} is invalid")]
     InvalidModule {
@@ -96,6 +109,9 @@ pub enum OperatorError {
     /// The signal handlers could not be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers")]
     Signals(#[source] std::io::Error),
+    /// The module source ended before it offered a valid module.
+    #[error("the module source {0} ended before offering a valid module")]
+    SourceEnded(String),
     /// `snapshot`'s object is not `NAMESPACE/NAME`.
     #[error("invalid object {0:?}: expected NAMESPACE/NAME")]
     ObjectArgument(String),
@@ -124,18 +140,88 @@ pub async fn load_module(
     sandbox: &SandboxArgs,
     concurrency: usize,
 ) -> Result<Arc<WasmModule>, OperatorError> {
-    use crate::runtime::{EngineOptions, ModuleCaller, SandboxEngine, SandboxLimits};
-    let limits = SandboxLimits::try_from(sandbox).map_err(OperatorError::Limits)?;
-    let engine = SandboxEngine::new(limits, &EngineOptions::from_args(sandbox, concurrency))
-        .map_err(OperatorError::Engine)?;
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|source| OperatorError::ReadModule { path: path.to_owned(), source })?;
+    use crate::runtime::ModuleCaller;
+    let engine = new_engine(sandbox, concurrency)?;
+    let bytes = read_module_file(path).await?;
     let loaded = engine
         .load_async(bytes)
         .await
         .map_err(|source| OperatorError::InvalidModule { path: path.to_owned(), source })?;
     Ok(Arc::new(WasmModule::new(loaded, ModuleCaller::new(concurrency))))
+}
+
+/// The module in the file at `path`, gunzipped if it is gzip.
+async fn read_module_file(path: &Path) -> Result<Vec<u8>, OperatorError> {
+    let raw = tokio::fs::read(path)
+        .await
+        .map_err(|source| OperatorError::ReadModule { path: path.to_owned(), source })?;
+    source::decode(&raw).map_err(|source| OperatorError::DecodeModule { path: path.to_owned(), source })
+}
+
+/// The process's one wasm engine, for `concurrency` concurrent calls.
+pub fn new_engine(
+    sandbox: &SandboxArgs,
+    concurrency: usize,
+) -> Result<crate::runtime::SandboxEngine, OperatorError> {
+    use crate::runtime::{EngineOptions, SandboxEngine, SandboxLimits};
+    let limits = SandboxLimits::try_from(sandbox).map_err(OperatorError::Limits)?;
+    SandboxEngine::new(limits, &EngineOptions::from_args(sandbox, concurrency)).map_err(OperatorError::Engine)
+}
+
+/// Starts an operator whose module comes from `source` and is hot-swapped when the
+/// source changes (DESIGN.md §4).
+///
+/// - A file must hold a valid module now (else [`OperatorError::InvalidModule`]);
+///   later versions are swapped in, or refused and reported.
+/// - A ConfigMap source is waited for: until its key holds a module that passes
+///   validation, this logs what is missing or why a version was refused (a Warning
+///   event on the ConfigMap too) and does not reconcile; nothing else is served
+///   meanwhile, so the operator is never ready without a valid module.
+pub async fn start_from_source(
+    client: Client,
+    server: &str,
+    source: &source::ModuleSource,
+    sandbox: &SandboxArgs,
+    config: OperatorConfig,
+) -> Result<RunningOperator, OperatorError> {
+    use crate::runtime::ModuleCaller;
+    let engine = new_engine(sandbox, config.concurrency)?;
+    let caller = ModuleCaller::new(config.concurrency);
+    let metrics = Arc::new(Metrics::new());
+    let mut swapper = swap::Swapper::new(
+        engine.clone(),
+        caller.clone(),
+        client.clone(),
+        config.instance.clone(),
+        metrics.clone(),
+    );
+    let (module, origin, rx, source_task) = match source {
+        source::ModuleSource::File(path) => {
+            let bytes = read_module_file(path).await?;
+            let loaded = engine
+                .load_async(bytes)
+                .await
+                .map_err(|source| OperatorError::InvalidModule { path: path.clone(), source })?;
+            let module = Arc::new(WasmModule::new(loaded, caller));
+            let (rx, task) = source::spawn(source, Some(client.clone()));
+            (module, source.to_string(), rx, task)
+        }
+        source::ModuleSource::ConfigMap(cm) => {
+            tracing::info!(configmap = %cm, "loading the module from the ConfigMap; not reconciling until it holds a valid module");
+            let (mut rx, task) = source::spawn(source, Some(client.clone()));
+            let Some((module, origin)) = swapper.first_module(&mut rx).await else {
+                task.abort();
+                return Err(OperatorError::SourceEnded(source.to_string()));
+            };
+            (module, origin, rx, task)
+        }
+    };
+    let manifest = module.manifest();
+    tracing::info!(name = %manifest.name, version = %manifest.version, digest = %module.digest(), %origin, "module active");
+    let mut operator =
+        RunningOperator::start_with_metrics(client, server, module, Some(origin), config, metrics).await?;
+    operator.hot_swap(swapper, rx, source_task);
+    Ok(operator)
 }
 
 /// How to run the operator, independent of the command line (tests build it too).
@@ -163,6 +249,8 @@ pub struct RunningOperator {
     pub controller: Arc<Controller>,
     /// The active module's holder.
     pub active: Arc<ActiveModule>,
+    swap_target: swap::SwapTarget,
+    swap_tasks: Vec<JoinHandle<()>>,
     http_addr: Option<SocketAddr>,
     shutdown: channel::Sender<bool>,
     controller_task: JoinHandle<()>,
@@ -185,12 +273,23 @@ impl RunningOperator {
         module: Arc<dyn Module>,
         config: OperatorConfig,
     ) -> Result<Self, OperatorError> {
+        Self::start_with_metrics(client, server, module, None, config, Arc::new(Metrics::new())).await
+    }
+
+    /// [`RunningOperator::start`] recording into `metrics`, with the module's origin.
+    pub async fn start_with_metrics(
+        client: Client,
+        server: &str,
+        module: Arc<dyn Module>,
+        origin: Option<String>,
+        config: OperatorConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OperatorError> {
         let manifest = module.manifest().clone();
         let kinds = Arc::new(
             KindRegistry::discover(&client, server, &manifest).await.map_err(OperatorError::Discovery)?,
         );
-        let metrics = Arc::new(Metrics::new());
-        let active = Arc::new(ActiveModule::new(module));
+        let active = Arc::new(ActiveModule::with_origin(module, origin));
         let current = active.current();
         metrics.set_module(
             ModuleLabels {
@@ -271,16 +370,44 @@ impl RunningOperator {
         };
         let controller_task =
             tokio::spawn(controller.clone().run(config.concurrency, leading_rx, shutdown_rx));
+        let swap_target = swap::SwapTarget {
+            client,
+            server: server.to_owned(),
+            scope: config.scope,
+            instance: config.instance,
+            controller: controller.clone(),
+            active: active.clone(),
+        };
         Ok(Self {
             metrics,
             controller,
             active,
+            swap_target,
+            swap_tasks: Vec::new(),
             http_addr,
             shutdown,
             controller_task,
             elector_task,
             http_task,
         })
+    }
+
+    /// Hands the source's states to `swapper`, which swaps new module versions in;
+    /// `source_task` (the source's follower) stops with the operator.
+    pub fn hot_swap(
+        &mut self,
+        swapper: swap::Swapper,
+        states: channel::Receiver<source::SourceState>,
+        source_task: JoinHandle<()>,
+    ) {
+        let target = self.swap_target.clone();
+        self.swap_tasks.push(source_task);
+        self.swap_tasks.push(tokio::spawn(swapper.run(states, target)));
+    }
+
+    /// What a swap changes (for driving a [`swap::Swapper`] by hand).
+    pub fn swap_target(&self) -> &swap::SwapTarget {
+        &self.swap_target
     }
 
     /// The bound HTTP address, if serving.
@@ -296,6 +423,10 @@ impl RunningOperator {
     /// Stops reconciling, lets reconciles in flight finish, releases the Lease and
     /// stops the HTTP endpoints.
     pub async fn shutdown(self) {
+        // No swap starts any more; one half done is dropped with its new watches.
+        for task in &self.swap_tasks {
+            task.abort();
+        }
         let _ = self.shutdown.send(true);
         if let Err(err) = self.controller_task.await {
             tracing::error!(error = %err, "the controller task failed");
@@ -361,9 +492,17 @@ async fn shutdown_signal() -> Result<(), OperatorError> {
 /// `wasm-operator run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let concurrency = usize::from(args.concurrency);
-    let module = load_module(&args.module, &args.sandbox, concurrency).await?;
-    let manifest = module.manifest();
-    tracing::info!(name = %manifest.name, version = %manifest.version, digest = %module.digest(), "module loaded");
+    let source = match (&args.module, &args.module_configmap) {
+        (_, Some(cm)) => source::ModuleSource::ConfigMap(cm.clone()),
+        (Some(path), None) => source::ModuleSource::File(path.clone()),
+        (None, None) => anyhow::bail!("one of --module and --module-configmap is required"),
+    };
+    if let source::ModuleSource::File(path) = &source {
+        // Fail before connecting when the file is bad.
+        let module = load_module(path, &args.sandbox, concurrency).await?;
+        let manifest = module.manifest();
+        tracing::info!(name = %manifest.name, version = %manifest.version, digest = %module.digest(), "module valid");
+    }
     let (client, server) = connect().await.map_err(OperatorError::Connect)?;
     let instance = instance_name();
     let leader = args.leader_elect.then(|| {
@@ -388,7 +527,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         backoff: Backoff::default(),
         instance: Some(instance),
     };
-    let operator = RunningOperator::start(client, &server, module, config).await?;
+    let operator = tokio::select! {
+        operator = start_from_source(client, &server, &source, &args.sandbox, config) => operator?,
+        signal = shutdown_signal() => {
+            signal?;
+            tracing::info!("stopped before a module was active");
+            return Ok(());
+        }
+    };
     let signal = shutdown_signal().await;
     operator.shutdown().await;
     signal?;

@@ -7,7 +7,7 @@
 //! [`ActiveModule`] holder that a reconcile reads exactly once: a hot swap stores a
 //! new one, calls in flight finish on the module they started with.
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::BoxFuture;
 use reconcile_sdk::{Manifest, Outcome};
 use std::sync::Arc;
@@ -48,13 +48,15 @@ pub trait Module: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(Outcome, Duration), ModuleCallError>>;
 }
 
-/// The module in use and when it became active.
+/// The module in use, when it became active and where it came from.
 #[derive(Clone)]
 pub struct LoadedModuleInfo {
     /// The module.
     pub module: Arc<dyn Module>,
     /// When it became the active module.
     pub loaded_at: SystemTime,
+    /// Where it came from (`file /path`, `configmap ns/name:key@rv`), when known.
+    pub origin: Option<String>,
 }
 
 impl std::fmt::Debug for LoadedModuleInfo {
@@ -64,28 +66,75 @@ impl std::fmt::Debug for LoadedModuleInfo {
             .field("name", &manifest.name)
             .field("version", &manifest.version)
             .field("digest", &self.module.digest())
+            .field("origin", &self.origin)
             .finish()
     }
 }
 
-/// The holder of the active module, swapped atomically by a hot swap.
+/// A hot-swap candidate that was refused (the active module kept serving).
+#[derive(Debug, Clone)]
+pub struct ModuleRejection {
+    /// `sha256:<hex>` of the candidate (of its bytes as stored, when they did not
+    /// even decompress).
+    pub digest: String,
+    /// The failed check, as the `reason` label of `wasm_operator_module_rejected_total`.
+    pub reason: &'static str,
+    /// Why, in words.
+    pub message: String,
+    /// Where it came from.
+    pub origin: String,
+    /// When it was refused.
+    pub at: SystemTime,
+}
+
+/// The holder of the active module, swapped atomically by a hot swap, and the last
+/// candidate it refused.
 #[derive(Debug)]
-pub struct ActiveModule(ArcSwap<LoadedModuleInfo>);
+pub struct ActiveModule {
+    current: ArcSwap<LoadedModuleInfo>,
+    last_rejection: ArcSwapOption<ModuleRejection>,
+}
 
 impl ActiveModule {
     /// A holder with `module` active from now on.
     pub fn new(module: Arc<dyn Module>) -> Self {
-        Self(ArcSwap::from_pointee(LoadedModuleInfo { module, loaded_at: SystemTime::now() }))
+        Self::with_origin(module, None)
+    }
+
+    /// A holder with `module`, from `origin`, active from now on.
+    pub fn with_origin(module: Arc<dyn Module>, origin: Option<String>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(LoadedModuleInfo { module, loaded_at: SystemTime::now(), origin }),
+            last_rejection: ArcSwapOption::empty(),
+        }
     }
 
     /// The active module; read it once per reconcile and use that one throughout.
     pub fn current(&self) -> Arc<LoadedModuleInfo> {
-        self.0.load_full()
+        self.current.load_full()
     }
 
     /// Makes `module` the active one; reconciles already running keep the old one.
     pub fn store(&self, module: Arc<dyn Module>) {
-        self.0.store(Arc::new(LoadedModuleInfo { module, loaded_at: SystemTime::now() }));
+        self.store_from(module, None);
+    }
+
+    /// [`ActiveModule::store`], recording where the module came from; returns what
+    /// is active now.
+    pub fn store_from(&self, module: Arc<dyn Module>, origin: Option<String>) -> Arc<LoadedModuleInfo> {
+        let info = Arc::new(LoadedModuleInfo { module, loaded_at: SystemTime::now(), origin });
+        self.current.store(info.clone());
+        info
+    }
+
+    /// The last candidate refused, if any.
+    pub fn last_rejection(&self) -> Option<Arc<ModuleRejection>> {
+        self.last_rejection.load_full()
+    }
+
+    /// Records a refused candidate.
+    pub fn rejected(&self, rejection: ModuleRejection) {
+        self.last_rejection.store(Some(Arc::new(rejection)));
     }
 }
 
@@ -106,6 +155,12 @@ impl WasmModule {
     /// The runtime's module.
     pub fn loaded(&self) -> &Arc<crate::runtime::LoadedModule> {
         &self.loaded
+    }
+
+    /// The caller bounding its calls; a hot-swapped version shares it, so the bound
+    /// holds across versions.
+    pub fn caller(&self) -> &crate::runtime::ModuleCaller {
+        &self.caller
     }
 }
 

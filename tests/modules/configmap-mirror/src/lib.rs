@@ -52,7 +52,11 @@ pub fn manifest() -> Manifest {
         name: "configmap-mirror".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         primary: kind(API_VERSION, "Mirror", "mirrors"),
-        related: vec![kind("v1", "ConfigMap", "configmaps")],
+        related: if cfg!(feature = "services") {
+            vec![kind("v1", "ConfigMap", "configmaps"), kind("v1", "Service", "services")]
+        } else {
+            vec![kind("v1", "ConfigMap", "configmaps")]
+        },
         reads: vec![KindRef { digest_only: true, ..kind("v1", "Secret", "secrets") }],
         owner_label: OWNER_LABEL.into(),
         field_manager: "configmap-mirror".into(),
@@ -150,7 +154,9 @@ pub fn reconcile(snapshot: Snapshot) -> Outcome {
     });
 
     let mut current = None;
-    for object in &snapshot.related {
+    let is_service = |o: &Value| str_at(o, &["kind"]) == Some("Service");
+    let services = snapshot.related.iter().filter(|o| is_service(o)).count();
+    for object in snapshot.related.iter().filter(|o| !is_service(o)) {
         match str_at(object, &["metadata", "name"]) {
             Some(n) if n == desired_name => current = Some(object),
             Some(other) => actions.push(Action::Delete {
@@ -167,12 +173,15 @@ pub fn reconcile(snapshot: Snapshot) -> Outcome {
     }
 
     let keys = data.as_object().map_or(0, Map::len);
-    let status = json!({
+    let mut status = json!({
         "observedGeneration": mirror.pointer("/metadata/generation").cloned().unwrap_or(Value::Null),
         "phase": "Ready",
         "configMap": desired_name,
         "keys": keys,
     });
+    if cfg!(feature = "services") {
+        status["services"] = json!(services);
+    }
     if mirror.get("status") != Some(&status) {
         actions.push(Action::PatchStatus { status });
     }

@@ -1,0 +1,567 @@
+//! Hot swap end to end (DESIGN.md §4) against the real control plane: the operator
+//! runs in-process with a ConfigMap module source (`start_from_source`, the same path
+//! as `run --module-configmap`), and the tests upload module versions to the
+//! ConfigMap as `module push` does.
+//!
+//! - a swap from the DittoFS module to its v2 build (feature `v2-annotation`) while
+//!   50 DittoServers are being created: all converge, all end with v2's behaviour,
+//!   no reconcile fails;
+//! - refused candidates (corrupt, gzip-corrupt, an import, ABI 2, a trap and an
+//!   endless loop in the smoke reconcile) leave v1 serving, are reported (metric,
+//!   Warning event on the ConfigMap, `/module`), and v1 keeps converging new objects;
+//!   the operator waits at start until the ConfigMap holds a valid module;
+//! - a manifest that adds a related kind (configmap-mirror with feature `services`)
+//!   gets its watch without a restart, and loses it again on the way back;
+//! - a swap while DittoServers are being deleted: each finalizer is handled as the
+//!   spec says (the PerconaPGCluster kept or deleted).
+//!
+//! Waits are generous; nothing asserts a duration.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod operator_support;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
+use kube::{Client, ResourceExt as _};
+use operator_support::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use wasm_operator::cli::SandboxArgs;
+use wasm_operator::operator::backoff::Backoff;
+use wasm_operator::operator::metrics::ResultLabels;
+use wasm_operator::operator::source::{ConfigMapSource, ModuleSource, compress_for_configmap};
+use wasm_operator::operator::{OperatorConfig, RunningOperator, start_from_source, watch::Scope};
+
+const DITTO_FINALIZER: &str = "dittofs.dittofs.com/finalizer";
+const DITTO_OWNER_LABEL: &str = "dittofs.dittofs.com/server";
+const V2_ANNOTATION: &str = "dittofs.dittofs.com/module-generation";
+const CONFIGMAP: &str = "module";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A build command without the variables cargo sets for the running test (some build
+/// scripts watch them, and seeing the test's values would rebuild every time).
+fn build_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "MAKEFLAGS"
+                    | "MFLAGS"
+                    | "MAKELEVEL"
+            )
+        {
+            command.env_remove(key);
+        }
+    }
+    command.current_dir(repo_root());
+    command
+}
+
+fn run_build(mut command: Command, what: &str) -> std::result::Result<(), String> {
+    let status = command.status().map_err(|e| format!("cannot run {what}: {e}"))?;
+    if !status.success() {
+        return Err(format!("{what} failed ({status})"));
+    }
+    Ok(())
+}
+
+/// Both builds of the DittoFS module (v1, v2), or why they are missing.
+type Builds = std::result::Result<(Vec<u8>, Vec<u8>), String>;
+
+static DITTOFS: OnceCell<Builds> = OnceCell::const_new();
+
+/// Name prebuilt DittoFS modules (v1 and v2) instead of building them.
+const V1_ENV: &str = "HOT_SWAP_MODULE_V1";
+const V2_ENV: &str = "HOT_SWAP_MODULE_V2";
+
+/// The DittoFS module and its v2 build (`make wasm wasm-v2`, once per test process,
+/// unless `HOT_SWAP_MODULE_V1` and `HOT_SWAP_MODULE_V2` name prebuilt files).
+async fn dittofs_modules() -> Result<(Vec<u8>, Vec<u8>)> {
+    DITTOFS
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                if let (Some(v1), Some(v2)) = (std::env::var_os(V1_ENV), std::env::var_os(V2_ENV)) {
+                    let read =
+                        |path: &std::ffi::OsStr| std::fs::read(path).map_err(|e| format!("{path:?}: {e}"));
+                    return Ok((read(&v1)?, read(&v2)?));
+                }
+                let mut make = build_command("make");
+                make.args(["--no-print-directory", "--quiet", "wasm", "wasm-v2"]);
+                run_build(make, "make wasm wasm-v2")?;
+                let read = |name: &str| {
+                    std::fs::read(repo_root().join("target/modules").join(name))
+                        .map_err(|e| format!("{name}: {e}"))
+                };
+                Ok((read("dittofs-reconciler.wasm")?, read("dittofs-reconciler-v2.wasm")?))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+        .await
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+static MIRROR_SERVICES: OnceCell<std::result::Result<Vec<u8>, String>> = OnceCell::const_new();
+
+/// configmap-mirror with feature `services` (Service among the related kinds).
+async fn mirror_services_wasm() -> Result<Vec<u8>> {
+    MIRROR_SERVICES
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(|| {
+                let target_dir = repo_root().join("target/test-modules-services");
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut build = build_command(&cargo);
+                build
+                    .args(["build", "--quiet", "-p", "configmap-mirror", "--features", "services"])
+                    .args(["--target", "wasm32-unknown-unknown", "--profile", "wasm", "--target-dir"])
+                    .arg(&target_dir);
+                run_build(build, "cargo build -p configmap-mirror --features services")?;
+                std::fs::read(target_dir.join("wasm32-unknown-unknown/wasm/configmap_mirror.wasm"))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+        .await
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn fixture(name: &str) -> Result<Vec<u8>> {
+    let path = repo_root().join("tests/fixtures").join(name);
+    wat::parse_file(&path).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+fn sandbox() -> SandboxArgs {
+    SandboxArgs {
+        memory_limit_mib: 64,
+        // Generous for a debug test run on a busy machine; the endless loop still ends.
+        deadline_ms: 2000,
+        output_limit_mib: 4,
+        stack_limit_kib: 512,
+        module_cache_dir: Some(repo_root().join("target/test-module-cache")),
+        no_module_cache: false,
+    }
+}
+
+fn source(namespace: &str) -> ConfigMapSource {
+    ConfigMapSource { namespace: namespace.into(), name: CONFIGMAP.into(), key: "module.wasm".into() }
+}
+
+/// Uploads `module` to the test's ConfigMap, gzip-compressed as `module push` does.
+async fn push(client: &Client, namespace: &str, module: &[u8]) -> Result<()> {
+    let compressed = compress_for_configmap(module)?;
+    source(namespace).upload(client, compressed, "e2e-push").await?;
+    Ok(())
+}
+
+/// Uploads bytes as they are (for candidates `module push` would refuse).
+async fn push_raw(client: &Client, namespace: &str, bytes: Vec<u8>) -> Result<()> {
+    source(namespace).upload(client, bytes, "e2e-push").await?;
+    Ok(())
+}
+
+fn config(namespace: &str) -> OperatorConfig {
+    OperatorConfig {
+        scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
+        concurrency: 4,
+        http_addr: Some("127.0.0.1:0".parse().expect("an address")),
+        leader: None,
+        backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
+        instance: Some("hot-swap-test".into()),
+    }
+}
+
+/// An operator following the test's ConfigMap (which must get a valid module).
+async fn start(client: &Client, namespace: &str) -> Result<RunningOperator> {
+    let source = ModuleSource::ConfigMap(source(namespace));
+    let op =
+        start_from_source(client.clone(), "the test cluster", &source, &sandbox(), config(namespace)).await?;
+    eventually("the caches to sync", || async { Ok(op.ready().then_some(())) }).await?;
+    Ok(op)
+}
+
+async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
+    eventually(&format!("module {digest} to be active"), || async {
+        Ok((op.active.current().module.digest() == digest).then_some(()))
+    })
+    .await
+}
+
+fn errors(op: &RunningOperator) -> u64 {
+    op.metrics.reconciles.get_or_create(&ResultLabels { result: "error".into() }).get()
+}
+
+/// `/module` of the operator, as JSON.
+async fn module_endpoint(op: &RunningOperator) -> Result<Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = some(op.http_addr(), "the HTTP address")?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /module HTTP/1.0\r\nHost: test\r\n\r\n").await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (_, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+    Ok(serde_json::from_str(body)?)
+}
+
+fn dittoservers() -> ApiResource {
+    ApiResource {
+        group: "dittofs.dittofs.com".into(),
+        version: "v1alpha1".into(),
+        api_version: "dittofs.dittofs.com/v1alpha1".into(),
+        kind: "DittoServer".into(),
+        plural: "dittoservers".into(),
+    }
+}
+
+fn perconas() -> ApiResource {
+    ApiResource {
+        group: "pgv2.percona.com".into(),
+        version: "v2".into(),
+        api_version: "pgv2.percona.com/v2".into(),
+        kind: "PerconaPGCluster".into(),
+        plural: "perconapgclusters".into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Percona {
+    Off,
+    Keep,
+    DeleteWithServer,
+}
+
+async fn create_server(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    percona: Percona,
+) -> Result<DynamicObject> {
+    let mut spec = json!({"storage": {"metadataSize": "1Gi"}});
+    match percona {
+        Percona::Off => {}
+        Percona::Keep => spec["percona"] = json!({"enabled": true, "deleteWithServer": false}),
+        Percona::DeleteWithServer => spec["percona"] = json!({"enabled": true, "deleteWithServer": true}),
+    }
+    let object = json!({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
+        "metadata": {"name": name}, "spec": spec});
+    e2e::apply(client, Some(namespace), &object).await
+}
+
+/// Whether `name` is converged without a kubelet: finalizer, phase Pending, and its
+/// StatefulSet, ConfigMap and Services exist. Returns its owned objects' annotations
+/// of `V2_ANNOTATION` (one entry per object).
+async fn converged(client: &Client, namespace: &str, name: &str) -> Result<Option<Vec<Option<String>>>> {
+    let servers: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &dittoservers());
+    let Some(server) = servers.get_opt(name).await? else { return Ok(None) };
+    let finalized = server.finalizers().iter().any(|f| f == DITTO_FINALIZER);
+    let phase = server.data.pointer("/status/phase").and_then(Value::as_str);
+    if !finalized || phase != Some("Pending") {
+        return Ok(None);
+    }
+    let selector = ListParams::default().labels(&format!("{DITTO_OWNER_LABEL}={name}"));
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), namespace).list(&selector).await?.items;
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&selector).await?.items;
+    let svcs = Api::<Service>::namespaced(client.clone(), namespace).list(&selector).await?.items;
+    if sts.is_empty() || cms.is_empty() || svcs.is_empty() {
+        return Ok(None);
+    }
+    let marks = sts
+        .iter()
+        .map(|o| o.annotations().get(V2_ANNOTATION).cloned())
+        .chain(cms.iter().map(|o| o.annotations().get(V2_ANNOTATION).cloned()))
+        .chain(svcs.iter().map(|o| o.annotations().get(V2_ANNOTATION).cloned()))
+        .collect();
+    Ok(Some(marks))
+}
+
+async fn wait_converged(client: &Client, namespace: &str, name: &str, v2: bool) -> Result<()> {
+    let want = v2.then(|| "v2".to_owned());
+    eventually(&format!("DittoServer {name} to converge ({})", if v2 { "v2" } else { "v1" }), || async {
+        Ok(converged(client, namespace, name)
+            .await?
+            .filter(|marks| marks.iter().all(|m| *m == want))
+            .map(drop))
+    })
+    .await
+}
+
+/// The Warning `ModuleRejected` events on the module ConfigMap, as notes.
+async fn rejected_events(client: &Client, namespace: &str) -> Result<Vec<String>> {
+    Ok(events(client, namespace, CONFIGMAP, "ModuleRejected")
+        .await?
+        .into_iter()
+        .filter(|(kind, _)| kind == "Warning")
+        .map(|(_, note)| note)
+        .collect())
+}
+
+#[tokio::test]
+async fn a_swap_under_load_loses_no_reconcile_and_applies_everywhere() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-load").await?;
+    let ns = ns.name().to_owned();
+    let (v1, v2) = dittofs_modules().await?;
+    push(&client, &ns, &v1).await?;
+    let op = start(&client, &ns).await?;
+    wait_active(&op, &digest(&v1)).await?;
+    let origin = module_endpoint(&op).await?["origin"].as_str().unwrap_or_default().to_owned();
+    assert!(origin.starts_with(&format!("configmap {ns}/{CONFIGMAP}:module.wasm@")), "{origin}");
+
+    const SERVERS: usize = 50;
+    let created = Arc::new(AtomicUsize::new(0));
+    let creator = {
+        let (client, ns, created) = (client.clone(), ns.clone(), created.clone());
+        tokio::spawn(async move {
+            for i in 0..SERVERS {
+                create_server(&client, &ns, &format!("load-{i:02}"), Percona::Off).await?;
+                created.fetch_add(1, Ordering::SeqCst);
+            }
+            anyhow::Ok(())
+        })
+    };
+    eventually("a third of the DittoServers to be created", || async {
+        Ok((created.load(Ordering::SeqCst) >= SERVERS / 3).then_some(()))
+    })
+    .await?;
+    push(&client, &ns, &v2).await?;
+    creator.await??;
+    wait_active(&op, &digest(&v2)).await?;
+
+    // Every server converges, and with v2's behaviour: the swap queued everyone.
+    for i in 0..SERVERS {
+        wait_converged(&client, &ns, &format!("load-{i:02}"), true).await?;
+    }
+    assert_eq!(errors(&op), 0, "no reconcile may fail: {}", op.metrics.encode());
+    assert_eq!(op.metrics.module_swaps.get(), 1);
+    let endpoint = module_endpoint(&op).await?;
+    assert_eq!(endpoint["digest"], digest(&v2));
+    assert_eq!(endpoint["name"], "dittofs-reconciler");
+    assert!(endpoint["lastRejection"].is_null(), "{endpoint}");
+    let text = op.metrics.encode();
+    assert!(
+        text.contains("wasm_operator_module_info{name=\"dittofs-reconciler\",version=")
+            && text.contains(&digest(&v2)),
+        "{text}"
+    );
+    let activated = events(&client, &ns, CONFIGMAP, "ModuleActivated").await?;
+    assert!(activated.iter().any(|(_, note)| note.contains(&digest(&v2))), "{activated:?}");
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rejected_candidates_leave_the_active_module_serving() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-reject").await?;
+    let ns = ns.name().to_owned();
+    let (v1, _) = dittofs_modules().await?;
+
+    // At start, the operator waits for a valid module and does not start on a bad one.
+    let starting = {
+        let (client, ns) = (client.clone(), ns.clone());
+        tokio::spawn(async move { start(&client, &ns).await })
+    };
+    push_raw(&client, &ns, b"this is not a wasm module".to_vec()).await?;
+    eventually("the corrupt first module to be rejected", || async {
+        Ok((!rejected_events(&client, &ns).await?.is_empty()).then_some(()))
+    })
+    .await?;
+    assert!(!starting.is_finished(), "the operator must not start without a valid module");
+    push(&client, &ns, &v1).await?;
+    let op = starting.await??;
+    wait_active(&op, &digest(&v1)).await?;
+    let compile_rejections = op.metrics.module_rejections("compile");
+
+    let mut corrupt_gzip = compress_for_configmap(&v1)?;
+    corrupt_gzip.truncate(corrupt_gzip.len() / 2);
+    let candidates: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        ("corrupt", b"\0asm\x01\0\0\0garbage after a valid header".to_vec(), "compile", "does not compile"),
+        ("gzip", corrupt_gzip, "decode", "gzip"),
+        ("import", fixture("with-import.wat")?, "imports", "imports"),
+        ("abi2", fixture("wrong-abi.wat")?, "abi", "abi 2"),
+        ("trap", fixture("trap-in-smoke.wat")?, "smoke", "smoke reconcile"),
+        ("slow", fixture("slow-in-smoke.wat")?, "smoke", "deadline"),
+    ];
+    for (name, bytes, reason, words) in candidates {
+        let before = op.metrics.module_rejections(reason);
+        let events_before = rejected_events(&client, &ns).await?.len();
+        push_raw(&client, &ns, bytes.clone()).await?;
+        eventually(&format!("the {name} candidate to be rejected ({reason})"), || async {
+            Ok((op.metrics.module_rejections(reason) > before).then_some(()))
+        })
+        .await?;
+        assert_eq!(op.active.current().module.digest(), digest(&v1), "{name}: v1 must stay active");
+        let notes = eventually(&format!("a ModuleRejected event for {name}"), || async {
+            let notes = rejected_events(&client, &ns).await?;
+            Ok((notes.len() > events_before).then_some(notes))
+        })
+        .await?;
+        assert!(notes.iter().any(|n| n.contains(reason) && n.contains(words)), "{name}: {notes:?}");
+        let endpoint = module_endpoint(&op).await?;
+        assert_eq!(endpoint["digest"], digest(&v1), "{endpoint}");
+        assert_eq!(endpoint["lastRejection"]["reason"], reason, "{endpoint}");
+        // v1 still serves: a server created now converges with v1's behaviour.
+        let server = format!("after-{name}");
+        create_server(&client, &ns, &server, Percona::Off).await?;
+        wait_converged(&client, &ns, &server, false).await?;
+    }
+    assert_eq!(op.metrics.module_rejections("compile"), compile_rejections + 1);
+    assert_eq!(op.metrics.module_swaps.get(), 0);
+    let text = op.metrics.encode();
+    assert!(text.contains("wasm_operator_module_rejected_total{reason=\"abi\"} 1"), "{text}");
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_manifest_adding_a_related_kind_gets_its_watch_without_a_restart() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-kinds").await?;
+    let ns = ns.name().to_owned();
+    let v1 = std::fs::read(mirror_wasm().await?)?;
+    let v2 = mirror_services_wasm().await?;
+    push(&client, &ns, &v1).await?;
+    let op = start(&client, &ns).await?;
+    let mirrors = mirror_api(&client, &ns);
+    create_mirror(&client, &ns, "m", json!({"data": {"a": "1"}})).await?;
+    eventually("the Mirror to be Ready", || async {
+        let m = mirrors.get("m").await?;
+        Ok((m.data["status"]["phase"] == "Ready").then_some(()))
+    })
+    .await?;
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let service = |name: &str| -> Result<Service> {
+        Ok(serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {configmap_mirror::OWNER_LABEL: "m"}},
+            "spec": {"ports": [{"port": 80}]},
+        }))?)
+    };
+    services.create(&PostParams::default(), &service("m-one")?).await?;
+
+    push(&client, &ns, &v2).await?;
+    wait_active(&op, &digest(&v2)).await?;
+    // The new watch's initial list reached the snapshot (the swap requeued the Mirror).
+    eventually("the Mirror to count one Service", || async {
+        Ok((mirrors.get("m").await?.data["status"]["services"] == 1).then_some(()))
+    })
+    .await?;
+    // And the watch triggers reconciles: nothing else would (the Mirror requeues
+    // itself after five minutes only).
+    services.create(&PostParams::default(), &service("m-two")?).await?;
+    eventually("the Mirror to count two Services", || async {
+        Ok((mirrors.get("m").await?.data["status"]["services"] == 2).then_some(()))
+    })
+    .await?;
+
+    // Back to v1: the Service watch goes, the status loses its count.
+    push(&client, &ns, &v1).await?;
+    wait_active(&op, &digest(&v1)).await?;
+    eventually("the status without a Service count", || async {
+        Ok(mirrors.get("m").await?.data["status"].get("services").is_none().then_some(()))
+    })
+    .await?;
+    assert_eq!(op.metrics.module_swaps.get(), 2);
+    assert_eq!(errors(&op), 0, "{}", op.metrics.encode());
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_swap_during_deletions_handles_every_finalizer_as_the_spec_says() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-delete").await?;
+    let ns = ns.name().to_owned();
+    let (v1, v2) = dittofs_modules().await?;
+    push(&client, &ns, &v1).await?;
+    let op = start(&client, &ns).await?;
+    let servers: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &dittoservers());
+    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &perconas());
+
+    let plan: Vec<(String, Percona)> = (0..8)
+        .map(|i| (format!("del-{i}"), if i % 2 == 0 { Percona::Keep } else { Percona::DeleteWithServer }))
+        .collect();
+    let mut uids = Vec::new();
+    for (name, percona) in &plan {
+        let created = create_server(&client, &ns, name, *percona).await?;
+        uids.push(some(created.metadata.uid, "uid")?);
+    }
+    for (name, _) in &plan {
+        let cluster = format!("{name}-postgres");
+        eventually(&format!("PerconaPGCluster {cluster}"), || async {
+            Ok(clusters.get_opt(&cluster).await?)
+        })
+        .await?;
+        clusters
+            .patch_status(
+                &cluster,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"state": "ready"}})),
+            )
+            .await?;
+        wait_converged(&client, &ns, name, false).await?;
+    }
+
+    // Delete them all and swap at once: the deletions straddle the swap.
+    for (name, _) in &plan {
+        servers.delete(name, &DeleteParams::background()).await?;
+    }
+    push(&client, &ns, &v2).await?;
+    for (name, _) in &plan {
+        eventually(&format!("DittoServer {name} to be gone"), || async {
+            Ok(servers.get_opt(name).await?.is_none().then_some(()))
+        })
+        .await?;
+    }
+    wait_active(&op, &digest(&v2)).await?;
+    for ((name, percona), uid) in plan.iter().zip(&uids) {
+        let cluster = format!("{name}-postgres");
+        match percona {
+            Percona::Keep => {
+                let kept = some(clusters.get_opt(&cluster).await?, &format!("the kept {cluster}"))?;
+                assert!(kept.metadata.deletion_timestamp.is_none(), "{cluster} must be kept");
+                let refs = kept.metadata.owner_references.unwrap_or_default();
+                assert!(
+                    refs.iter().all(|r| &r.uid != uid),
+                    "{cluster} must not reference the server: {refs:?}"
+                );
+            }
+            Percona::DeleteWithServer => {
+                eventually(&format!("{cluster} to be deleted"), || async {
+                    Ok(clusters.get_opt(&cluster).await?.is_none().then_some(()))
+                })
+                .await?;
+            }
+            Percona::Off => bail!("no plan without Percona"),
+        }
+    }
+    op.shutdown().await;
+    Ok(())
+}
