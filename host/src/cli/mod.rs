@@ -4,6 +4,7 @@
 
 mod module;
 mod offline;
+mod rbac;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -40,6 +41,9 @@ pub enum Command {
     Manifest(ManifestArgs),
     /// Capture a live snapshot of one primary object, for `reconcile` to replay.
     Snapshot(SnapshotArgs),
+    /// Print the least-privilege RBAC (Role or ClusterRole and bindings) a module's
+    /// manifest needs, as YAML.
+    Rbac(RbacArgs),
     /// Manage the module of a running operator (hot swap).
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -204,6 +208,33 @@ pub struct SnapshotArgs {
     pub sandbox: SandboxArgs,
 }
 
+/// `wasm-operator rbac`.
+#[derive(Debug, Clone, Args)]
+pub struct RbacArgs {
+    /// The module (a `.wasm` file).
+    #[arg(long, value_name = "PATH")]
+    pub module: PathBuf,
+    /// Grant rights only in this namespace (a Role; run the operator with the same
+    /// `--namespace`). Default: all namespaces (a ClusterRole).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// The ServiceAccount the operator runs as; also the name of the roles and bindings.
+    #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
+    pub service_account: String,
+    /// The namespace the operator runs in (its ServiceAccount, Lease and module ConfigMap).
+    #[arg(long, default_value = "wasm-operator", value_name = "NS")]
+    pub operator_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
+    pub lease_name: String,
+    /// Also grant reading this ConfigMap of the operator's namespace, the module's source.
+    #[arg(long, value_name = "NAME")]
+    pub module_configmap: Option<String>,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
 /// Parses the command line, runs the subcommand and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -213,6 +244,7 @@ pub fn main() -> ExitCode {
         Command::Manifest(args) => offline::manifest(&args),
         Command::Run(args) => in_runtime(crate::operator::run(args)),
         Command::Snapshot(args) => in_runtime(crate::operator::snapshot(args)),
+        Command::Rbac(args) => rbac::rbac(&args),
         Command::Module(ModuleCommand::Push(args)) => module::push(&args),
     }
 }
