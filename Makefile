@@ -46,3 +46,4 @@ test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime
 -include guest/guest.mk
 -include host/host.mk
 -include tests/cluster/cluster.mk
+-include deploy/deploy.mk

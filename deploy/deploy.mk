@@ -1,0 +1,38 @@
+# In-cluster deployment of the operator (deploy/). Included by the root Makefile.
+# See deploy/README.md.
+
+KUBECTL ?= kubectl
+DEPLOY_NAMESPACE ?= wasm-operator
+DEPLOY_MODULE_CONFIGMAP ?= dittofs-module
+DEPLOY_IMAGE ?= wasm-operator:0.1.0
+# The arguments deploy/rbac.yaml is generated with; they must match the other files
+# of deploy/ (ServiceAccount, namespace, module ConfigMap; the Lease is the host's
+# default `wasm-operator`). The e2e test `deploy` regenerates the file with them and
+# fails when the committed one is stale.
+DEPLOY_RBAC_ARGS := --service-account wasm-operator --operator-namespace wasm-operator --lease-name wasm-operator --module-configmap dittofs-module
+
+##@ Deploy
+.PHONY: deploy-rbac deploy deploy-module undeploy image
+
+deploy-rbac: wasm ## Regenerate deploy/rbac.yaml from the module's manifest (wasm-operator rbac)
+	$(CARGO) run -q -p wasm-operator -- rbac --module $(GUEST_MODULE) $(DEPLOY_RBAC_ARGS) > deploy/rbac.yaml.tmp
+	mv deploy/rbac.yaml.tmp deploy/rbac.yaml
+
+deploy: ## Install the CRDs, apply deploy/ to the current kubectl context, upload the module
+	$(KUBECTL) apply --server-side -f crds/
+	$(KUBECTL) apply --server-side -k deploy
+	$(MAKE) --no-print-directory deploy-module
+
+# Server-side apply: a client-side one would copy the module into the last-applied
+# annotation (256 KiB limit). Its own field manager, so that re-applying the empty
+# shell in deploy/module-configmap.yaml never removes the module.
+deploy-module: wasm ## Upload target/modules/dittofs-reconciler.wasm into the module ConfigMap
+	$(KUBECTL) create configmap $(DEPLOY_MODULE_CONFIGMAP) -n $(DEPLOY_NAMESPACE) \
+	  --from-file=dittofs-reconciler.wasm=$(GUEST_MODULE) --dry-run=client -o yaml | \
+	  $(KUBECTL) apply --server-side --field-manager=wasm-operator-module --force-conflicts -f -
+
+undeploy: ## Delete what deploy/ created (the DittoServer CRD and objects are kept)
+	$(KUBECTL) delete --ignore-not-found -k deploy
+
+image: ## Build the container image (DEPLOY_IMAGE, default wasm-operator:0.1.0; needs Docker)
+	docker build -t $(DEPLOY_IMAGE) .
