@@ -16,8 +16,11 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod converge;
 pub mod crds;
+pub mod deploy;
 pub mod dittofs;
+pub mod host_process;
 pub mod identity;
 pub mod namespace;
 pub mod objects;
