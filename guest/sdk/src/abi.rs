@@ -87,6 +87,31 @@ pub struct Snapshot {
     pub last_failure: Option<LastFailure>,
 }
 
+/// A [`Snapshot`] whose objects are left unparsed, borrowed from the input: a module
+/// that reads a few fields of each object decodes just those, instead of building a
+/// tree of every object first. Same wire format as [`Snapshot`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawSnapshot<'a> {
+    /// Always [`ABI_VERSION`].
+    pub abi: u32,
+    /// The host's clock as RFC 3339 UTC.
+    #[serde(borrow)]
+    pub now: std::borrow::Cow<'a, str>,
+    /// The primary object, as JSON text.
+    #[serde(borrow)]
+    pub object: &'a serde_json::value::RawValue,
+    /// Every object of a related kind associated with the primary, as JSON text.
+    #[serde(borrow, default)]
+    pub related: Vec<&'a serde_json::value::RawValue>,
+    /// Answers to the previous outcome's `requires`.
+    #[serde(default)]
+    pub required: Vec<RequiredObject>,
+    /// Present while the last attempt for this primary failed.
+    #[serde(default)]
+    pub last_failure: Option<LastFailure>,
+}
+
 /// An object the module asked for by name, and what the host found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -10,8 +10,8 @@
 //! outcome rather than memory corruption inside the module.
 #![allow(unsafe_code)]
 
-use crate::abi::{Manifest, Outcome, Snapshot};
-use crate::run::{manifest_json, run_json};
+use crate::abi::{Manifest, Outcome};
+use crate::run::manifest_json;
 use std::alloc::{Layout, alloc, dealloc};
 
 /// The non-zero address returned for an empty buffer; nothing is allocated for it.
@@ -47,10 +47,11 @@ pub fn manifest(manifest: fn() -> Manifest) -> i64 {
     hand_over(manifest_json(manifest))
 }
 
-/// `reconcile`: takes ownership of the snapshot buffer, returns the outcome JSON.
-pub fn reconcile(ptr: i32, len: i32, reconcile: fn(Snapshot) -> Outcome) -> i64 {
+/// `reconcile`: takes ownership of the snapshot buffer, returns the outcome JSON
+/// that `run` (`run_json` or `run_json_raw` with the module's function) gives.
+pub fn reconcile(ptr: i32, len: i32, run: impl FnOnce(&[u8]) -> String) -> i64 {
     let output = match take_buffer(ptr, len) {
-        Some(input) => run_json(&input, reconcile),
+        Some(input) => run(&input),
         None => {
             let message =
                 format!("reconcile was given a buffer outside linear memory (ptr {}, len {len})", ptr as u32);

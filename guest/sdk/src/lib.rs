@@ -45,9 +45,9 @@ mod run;
 
 pub use abi::{
     ABI_VERSION, Action, EventType, KindRef, LastFailure, Manifest, ModuleError, Outcome, PropagationPolicy,
-    RequiredObject, Requirement, Snapshot,
+    RawSnapshot, RequiredObject, Requirement, Snapshot,
 };
-pub use run::{SnapshotError, decode_snapshot, manifest_json, run_json};
+pub use run::{SnapshotError, decode_raw_snapshot, decode_snapshot, manifest_json, run_json, run_json_raw};
 
 /// With feature `bump-alloc`, the plain wasm32 build of a module allocates with a bump
 /// allocator: each call runs in a fresh instance, so freeing is wasted work.
@@ -65,11 +65,18 @@ pub mod __private {
 ///
 /// `manifest` is a `fn() -> Manifest`, `reconcile` a `fn(Snapshot) -> Outcome`. Use
 /// it once, at the root of a `cdylib` crate.
+///
+/// A module that reads the snapshot's objects lazily passes `reconcile_raw`, a
+/// `fn(RawSnapshot) -> Outcome`, instead of `reconcile`: same exports, same ABI.
 #[macro_export]
 macro_rules! export_module {
     (manifest = $manifest:path, reconcile = $reconcile:path $(,)?) => {
-        $crate::__plain_exports!($manifest, $reconcile);
-        $crate::__js_exports!($manifest, $reconcile);
+        $crate::__plain_exports!($manifest, $reconcile, run_json);
+        $crate::__js_exports!($manifest, $reconcile, run_json);
+    };
+    (manifest = $manifest:path, reconcile_raw = $reconcile:path $(,)?) => {
+        $crate::__plain_exports!($manifest, $reconcile, run_json_raw);
+        $crate::__js_exports!($manifest, $reconcile, run_json_raw);
     };
 }
 
@@ -77,7 +84,7 @@ macro_rules! export_module {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __plain_exports {
-    ($manifest:path, $reconcile:path) => {
+    ($manifest:path, $reconcile:path, $run:ident) => {
         const _: () = {
             // `export_name` is what makes these the module's exports; the Rust names
             // differ so that they never shadow the module's own functions. The code
@@ -100,7 +107,7 @@ macro_rules! __plain_exports {
             }
             #[unsafe(export_name = "reconcile")]
             pub extern "C" fn __reconcile_sdk_reconcile(ptr: i32, len: i32) -> i64 {
-                $crate::glue::reconcile(ptr, len, $reconcile)
+                $crate::glue::reconcile(ptr, len, |input| $crate::$run(input, $reconcile))
             }
         };
     };
@@ -110,14 +117,14 @@ macro_rules! __plain_exports {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __plain_exports {
-    ($manifest:path, $reconcile:path) => {};
+    ($manifest:path, $reconcile:path, $run:ident) => {};
 }
 
 #[cfg(all(target_arch = "wasm32", feature = "js"))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __js_exports {
-    ($manifest:path, $reconcile:path) => {
+    ($manifest:path, $reconcile:path, $run:ident) => {
         const _: () = {
             use $crate::__private::wasm_bindgen;
 
@@ -130,7 +137,7 @@ macro_rules! __js_exports {
             /// Reconciles one snapshot (JSON) and returns the outcome (JSON).
             #[wasm_bindgen::prelude::wasm_bindgen(js_name = reconcile)]
             pub fn reconcile_sdk_reconcile(snapshot: &str) -> ::std::string::String {
-                $crate::run_json(snapshot.as_bytes(), $reconcile)
+                $crate::$run(snapshot.as_bytes(), $reconcile)
             }
         };
     };
@@ -140,5 +147,5 @@ macro_rules! __js_exports {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __js_exports {
-    ($manifest:path, $reconcile:path) => {};
+    ($manifest:path, $reconcile:path, $run:ident) => {};
 }

@@ -5,7 +5,7 @@
 //! input. Input that is not a valid ABI v1 snapshot becomes an error [`Outcome`] that
 //! names the problem; nothing here panics on bad input.
 
-use crate::abi::{ABI_VERSION, Manifest, Outcome, Snapshot};
+use crate::abi::{ABI_VERSION, Manifest, Outcome, RawSnapshot, Snapshot};
 use serde::Deserialize;
 use serde_json::error::Category;
 
@@ -52,12 +52,40 @@ pub fn decode_snapshot(input: &[u8]) -> Result<Snapshot, SnapshotError> {
     }
 }
 
+/// Decodes an ABI v1 snapshot without parsing its objects: `object` and each of
+/// `related` stay borrowed, unparsed JSON ([`RawSnapshot`]). Errors are the same as
+/// [`decode_snapshot`]'s for the same input.
+pub fn decode_raw_snapshot(input: &[u8]) -> Result<RawSnapshot<'_>, SnapshotError> {
+    match serde_json::from_slice::<RawSnapshot<'_>>(input) {
+        Ok(snapshot) if snapshot.abi == ABI_VERSION => Ok(snapshot),
+        Ok(snapshot) => Err(SnapshotError::WrongAbi { found: snapshot.abi.into() }),
+        // Same classification as `decode_snapshot`, from the owned decoder's error:
+        // both decoders accept and reject the same documents.
+        Err(_) => match decode_snapshot(input) {
+            Err(err) => Err(err),
+            Ok(_) => Err(SnapshotError::Invalid(serde::de::Error::custom(
+                "snapshot decodes, but not without copying its objects",
+            ))),
+        },
+    }
+}
+
 /// Runs `reconcile` on a JSON snapshot and returns the JSON outcome.
 ///
 /// A snapshot that does not decode gives a non-retryable error outcome: the same
 /// input would fail the same way again.
 pub fn run_json(input: &[u8], reconcile: fn(Snapshot) -> Outcome) -> String {
     let outcome = match decode_snapshot(input) {
+        Ok(snapshot) => reconcile(snapshot),
+        Err(err) => Outcome::error(err.to_string(), false),
+    };
+    encode(&outcome)
+}
+
+/// [`run_json`] for modules that read the snapshot's objects lazily
+/// ([`RawSnapshot`]): same errors, same encoding.
+pub fn run_json_raw(input: &[u8], reconcile: fn(RawSnapshot<'_>) -> Outcome) -> String {
+    let outcome = match decode_raw_snapshot(input) {
         Ok(snapshot) => reconcile(snapshot),
         Err(err) => Outcome::error(err.to_string(), false),
     };
@@ -95,6 +123,35 @@ mod tests {
     fn valid_snapshot_reaches_reconcile() {
         let out = run(r#"{"abi":1,"now":"2026-11-26T12:00:00Z","object":{"a":1}}"#);
         assert_eq!(out, r#"{"actions":[{"op":"patchStatus","status":{"a":1}}]}"#);
+    }
+
+    fn echo_raw(snapshot: RawSnapshot<'_>) -> Outcome {
+        let object = serde_json::from_str(snapshot.object.get()).unwrap_or_default();
+        Outcome::actions(vec![Action::PatchStatus { status: object }])
+    }
+
+    #[test]
+    fn the_raw_decoder_agrees_with_the_owned_one() {
+        let inputs = [
+            r#"{"abi":1,"now":"2026-11-26T12:00:00Z","object":{"a":1}}"#,
+            r#"{"abi":1,"now":"x","object":{"b":[1,{"c":"\u00e9"}]},"related":[{"k":1},[2]],
+                "required":[{"apiVersion":"v1","kind":"Secret","name":"s","object":null}],
+                "lastFailure":{"message":"m","attempts":1}}"#,
+            "not json",
+            "",
+            r#"{"abi":1,"now":"x","object":{}"#,
+            r#"{"abi":2,"now":"x","object":{}}"#,
+            r#"{"abi":7,"something":"else"}"#,
+            r#"{"abi":1,"now":"x"}"#,
+            r#"{"abi":1,"object":{}}"#,
+            r#"[1,2]"#,
+            r#"{"abi":1,"now":"x","object":{},"extra":1}"#,
+            r#"{"abi":1,"now":"x","object":{},"related":{}}"#,
+            r#"{"abi":1,"now":"x","object":{},"required":[{"name":1}]}"#,
+        ];
+        for input in inputs {
+            assert_eq!(run_json_raw(input.as_bytes(), echo_raw), run(input), "{input}");
+        }
     }
 
     #[test]
