@@ -22,8 +22,9 @@ wasm: ## Build the plain ABI v1 module into target/modules/dittofs-reconciler.wa
 	cp $(GUEST_WASM_OUT) $(GUEST_MODULE)
 	@echo "$(GUEST_MODULE): $$(wc -c < $(GUEST_MODULE)) bytes"
 
+# The js build is not stripped: wasm-bindgen reads its target_features section.
 wasm-js: wasm-bindgen-cli ## Build the wasm-bindgen variant (feature js) for Node into target/modules/js/
-	$(CARGO) build -p dittofs-reconciler --lib --target $(GUEST_WASM_TARGET) --profile wasm --features js
+	CARGO_PROFILE_WASM_STRIP=false $(CARGO) build -p dittofs-reconciler --lib --target $(GUEST_WASM_TARGET) --profile wasm --features js
 	$(WASM_BINDGEN) --target nodejs --out-dir $(GUEST_MODULE_JS) $(GUEST_WASM_OUT)
 
 crds: ## Regenerate crds/dittoservers.yaml from the API types (guest/src/api.rs)

@@ -26,6 +26,8 @@ use serde_json::{Map, Value};
 pub const VOLUME_SIZE_PATTERN: &str = r"^[0-9]+(Gi|Mi|Ti)$";
 
 /// A DittoFS server (NFSv3, SMB2, REST control plane), run as a one-replica StatefulSet.
+// Several `printcolumn(type_ = "integer", ...)` read as duplicates to clippy.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "dittofs.dittofs.com",
@@ -176,7 +178,7 @@ pub struct StorageSpec {
 }
 
 /// The control plane's database.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// Database type. `postgresSecretRef` (or Percona) selects PostgreSQL whatever this says.
@@ -192,16 +194,6 @@ pub struct DatabaseSpec {
     /// whatever `type` says (Percona, when enabled, wins over it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgres_secret_ref: Option<SecretKeySelector>,
-}
-
-impl Default for DatabaseSpec {
-    fn default() -> Self {
-        DatabaseSpec {
-            kind: DatabaseType::default(),
-            sqlite: SqliteSpec::default(),
-            postgres_secret_ref: None,
-        }
-    }
 }
 
 /// Control plane database types.

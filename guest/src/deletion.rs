@@ -14,11 +14,12 @@
 //! The spec is read leniently here: a DittoServer whose spec no longer decodes can
 //! still be deleted, and then keeps its database (the safe default).
 
-use reconcile_sdk::{Action, EventType, Outcome, PropagationPolicy, Snapshot};
+use reconcile_sdk::{Action, EventType, Outcome, PropagationPolicy};
 use serde_json::{Map, Value};
 
 use crate::error::ReconcileError;
-use crate::meta::{Observed, Primary, at, str_at};
+use crate::input::Input;
+use crate::meta::{Primary, at, str_at};
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
 use crate::objects::percona;
 use crate::time::parse_rfc3339;
@@ -29,7 +30,7 @@ pub const CLEANUP_TIMEOUT_SECONDS: i64 = 60;
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Reconciles a DittoServer that has a `deletionTimestamp`.
-pub fn reconcile(snapshot: &Snapshot, primary: &Primary<'_>, now: i64) -> Result<Outcome, ReconcileError> {
+pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Result<Outcome, ReconcileError> {
     if !primary.has_finalizer {
         return Ok(Outcome::actions(Vec::new()));
     }
@@ -47,7 +48,7 @@ pub fn reconcile(snapshot: &Snapshot, primary: &Primary<'_>, now: i64) -> Result
         // failing events API) keeps the object in Terminating.
         let mut message =
             format!("cleanup did not finish within {CLEANUP_TIMEOUT_SECONDS}s; finalizer removed");
-        if let Some(failure) = &snapshot.last_failure {
+        if let Some(failure) = snapshot.last_failure {
             message.push_str(&format!(" (last failure: {})", failure.message));
         }
         return Ok(Outcome::actions(vec![
@@ -67,7 +68,7 @@ pub fn reconcile(snapshot: &Snapshot, primary: &Primary<'_>, now: i64) -> Result
     }
 
     let cluster_name = names::percona_cluster(primary.name);
-    let cluster = Observed::new(&snapshot.related).find(PERCONA_API_VERSION, PERCONA_KIND, &cluster_name);
+    let cluster = snapshot.related.find(PERCONA_API_VERSION, PERCONA_KIND, &cluster_name);
     if cluster.is_some() {
         let flag =
             |field| at(&snapshot.object, &["spec", "percona", field]).and_then(Value::as_bool) == Some(true);

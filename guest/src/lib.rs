@@ -31,6 +31,7 @@ pub mod crdgen;
 pub mod deletion;
 pub mod error;
 pub mod hash;
+pub mod input;
 pub mod manifest;
 pub mod meta;
 pub mod names;
@@ -42,6 +43,6 @@ pub mod time;
 pub mod validate;
 
 pub use manifest::manifest;
-pub use reconcile::reconcile;
+pub use reconcile::{reconcile, reconcile_raw};
 
-reconcile_sdk::export_module!(manifest = manifest::manifest, reconcile = reconcile::reconcile);
+reconcile_sdk::export_module!(manifest = manifest::manifest, reconcile_raw = reconcile::reconcile_raw);

@@ -5,8 +5,11 @@
 //! JSON (borrowed, never copied): the API server adds defaults and bookkeeping to
 //! every object, so whole objects are never compared.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::error::ReconcileError;
 use crate::names::FINALIZER;
@@ -69,25 +72,152 @@ impl<'a> Primary<'a> {
     }
 }
 
+/// What the module reads of an owned object the host observed: identity, the
+/// applied hash, owner references, and the status fields it decides on. Decoded
+/// straight from the snapshot's JSON, borrowing its strings and skipping the rest
+/// (managedFields, defaults, most of the spec) without building anything.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Related<'a> {
+    /// `apiVersion`.
+    #[serde(borrow, default)]
+    pub api_version: Cow<'a, str>,
+    /// `kind`.
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+    /// `metadata`.
+    #[serde(borrow, default)]
+    pub metadata: RelatedMeta<'a>,
+    /// `spec`, unparsed (read for StatefulSet claims and to adopt a Percona cluster).
+    #[serde(borrow, default)]
+    pub spec: Option<&'a RawValue>,
+    /// `status`.
+    #[serde(borrow, default)]
+    pub status: RelatedStatus<'a>,
+}
+
+/// The metadata of an observed object.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelatedMeta<'a> {
+    /// `metadata.name`.
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    /// `metadata.generation`.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// The module's annotation, if present.
+    #[serde(borrow, default)]
+    pub annotations: Option<AppliedHash<'a>>,
+    /// The uids the object's owner references point to.
+    #[serde(borrow, default)]
+    pub owner_references: Option<Vec<OwnerUid<'a>>>,
+}
+
+/// The module's annotation on an owned object.
+#[derive(Debug, Default, Deserialize)]
+pub struct AppliedHash<'a> {
+    /// [`crate::names::APPLIED_HASH_ANNOTATION`].
+    #[serde(borrow, default, rename = "dittofs.dittofs.com/applied-hash")]
+    pub hash: Option<Cow<'a, str>>,
+}
+
+/// The uid of an owner reference.
+#[derive(Debug, Default, Deserialize)]
+pub struct OwnerUid<'a> {
+    /// The owner's uid.
+    #[serde(borrow, default)]
+    pub uid: Cow<'a, str>,
+}
+
+/// The status fields the module reads (StatefulSet counts and revisions, the
+/// Percona cluster's `state`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelatedStatus<'a> {
+    /// `observedGeneration`.
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+    /// `replicas`.
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    /// `readyReplicas`.
+    #[serde(default)]
+    pub ready_replicas: Option<i64>,
+    /// `availableReplicas`.
+    #[serde(default)]
+    pub available_replicas: Option<i64>,
+    /// `currentRevision`.
+    #[serde(borrow, default)]
+    pub current_revision: Option<Cow<'a, str>>,
+    /// `updateRevision`.
+    #[serde(borrow, default)]
+    pub update_revision: Option<Cow<'a, str>>,
+    /// `state` (PerconaPGCluster).
+    #[serde(borrow, default)]
+    pub state: Option<Cow<'a, str>>,
+}
+
+impl Related<'_> {
+    /// Decodes one observed object. One whose fields have unexpected types is still
+    /// known by its identity (so that, say, a Percona cluster is never taken for
+    /// missing and created again); `None` for one without even that.
+    pub fn read(raw: &RawValue) -> Option<Related<'_>> {
+        if let Ok(related) = serde_json::from_str(raw.get()) {
+            return Some(related);
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Identity<'a> {
+            #[serde(borrow)]
+            api_version: Cow<'a, str>,
+            #[serde(borrow)]
+            kind: Cow<'a, str>,
+            #[serde(borrow)]
+            metadata: Name<'a>,
+        }
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow)]
+            name: Cow<'a, str>,
+        }
+        let identity: Identity<'_> = serde_json::from_str(raw.get()).ok()?;
+        Some(Related {
+            api_version: identity.api_version,
+            kind: identity.kind,
+            metadata: RelatedMeta { name: identity.metadata.name, ..RelatedMeta::default() },
+            ..Related::default()
+        })
+    }
+
+    /// The hash the module's last apply left on the object.
+    pub fn applied_hash(&self) -> Option<&str> {
+        self.metadata.annotations.as_ref()?.hash.as_deref()
+    }
+
+    /// Whether the object has an owner reference to `uid`.
+    pub fn has_owner_reference(&self, uid: &str) -> bool {
+        self.metadata.owner_references.iter().flatten().any(|owner| owner.uid == uid)
+    }
+}
+
 /// The owned objects the host observed (the snapshot's `related`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct Observed<'a> {
-    objects: &'a [Value],
+    objects: Vec<Related<'a>>,
 }
 
 impl<'a> Observed<'a> {
-    /// Wraps the snapshot's `related` list.
-    pub fn new(objects: &'a [Value]) -> Self {
-        Observed { objects }
+    /// The decodable objects of the snapshot's `related` list.
+    pub fn read(related: &[&'a RawValue]) -> Self {
+        Observed { objects: related.iter().filter_map(|raw| Related::read(raw)).collect() }
     }
 
     /// The observed object of this kind and name, if any.
-    pub fn find(&self, api_version: &str, kind: &str, name: &str) -> Option<&'a Value> {
-        self.objects.iter().find(|object| {
-            str_at(object, &["kind"]) == Some(kind)
-                && str_at(object, &["apiVersion"]) == Some(api_version)
-                && str_at(object, &["metadata", "name"]) == Some(name)
-        })
+    pub fn find(&self, api_version: &str, kind: &str, name: &str) -> Option<&Related<'a>> {
+        self.objects
+            .iter()
+            .find(|o| o.kind == kind && o.api_version == api_version && o.metadata.name == name)
     }
 }
 
@@ -96,26 +226,9 @@ pub fn str_at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
     at(value, path)?.as_str()
 }
 
-/// The integer at `path` in `value`, if there is one.
-pub fn int_at(value: &Value, path: &[&str]) -> Option<i64> {
-    at(value, path)?.as_i64()
-}
-
 /// The value at `path` in `value`, if there is one.
 pub fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
     path.iter().try_fold(value, |value, key| value.get(key))
-}
-
-/// The value of annotation `key` on `object`.
-pub fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
-    at(object, &["metadata", "annotations", key])?.as_str()
-}
-
-/// Whether `object` has an ownerReference to `uid`.
-pub fn has_owner_reference(object: &Value, uid: &str) -> bool {
-    at(object, &["metadata", "ownerReferences"])
-        .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
 }
 
 /// What the module reads of an observed StatefulSet.
@@ -139,18 +252,17 @@ pub struct StatefulSetState<'a> {
 
 impl<'a> StatefulSetState<'a> {
     /// Reads an observed StatefulSet.
-    pub fn read(object: &'a Value) -> Self {
-        let count = |field| {
-            int_at(object, &["status", field]).and_then(|n| i32::try_from(n).ok()).unwrap_or(0).max(0)
-        };
+    pub fn read(object: &'a Related<'a>) -> Self {
+        let count = |n: Option<i64>| n.and_then(|n| i32::try_from(n).ok()).unwrap_or(0).max(0);
+        let status = &object.status;
         StatefulSetState {
-            generation: int_at(object, &["metadata", "generation"]),
-            observed_generation: int_at(object, &["status", "observedGeneration"]),
-            replicas: count("replicas"),
-            ready_replicas: count("readyReplicas"),
-            available_replicas: count("availableReplicas"),
-            current_revision: str_at(object, &["status", "currentRevision"]),
-            update_revision: str_at(object, &["status", "updateRevision"]),
+            generation: object.metadata.generation,
+            observed_generation: status.observed_generation,
+            replicas: count(status.replicas),
+            ready_replicas: count(status.ready_replicas),
+            available_replicas: count(status.available_replicas),
+            current_revision: status.current_revision.as_deref(),
+            update_revision: status.update_revision.as_deref(),
         }
     }
 
@@ -209,6 +321,10 @@ mod tests {
         }
     }
 
+    fn related(value: Value) -> String {
+        value.to_string()
+    }
+
     #[test]
     fn statefulset_progress() {
         let cases = [
@@ -227,11 +343,44 @@ mod tests {
             ),
         ];
         for (object, updating) in cases {
-            assert_eq!(StatefulSetState::read(&object).is_updating(), updating, "{object}");
+            let text = related(object.clone());
+            let raw = RawValue::from_string(text).expect("raw");
+            let view = Related::read(&raw).expect("decodes");
+            assert_eq!(StatefulSetState::read(&view).is_updating(), updating, "{object}");
         }
-        let object =
-            json!({"status": {"replicas": 1, "readyReplicas": -4, "availableReplicas": 99999999999_i64}});
-        let state = StatefulSetState::read(&object);
+        let raw = RawValue::from_string(related(
+            json!({"status": {"replicas": 1, "readyReplicas": -4, "availableReplicas": 99999999999_i64}}),
+        ))
+        .expect("raw");
+        let view = Related::read(&raw).expect("decodes");
+        let state = StatefulSetState::read(&view);
         assert_eq!((state.replicas, state.ready_replicas, state.available_replicas), (1, 0, 0));
+    }
+
+    #[test]
+    fn observed_objects_are_read_leniently() {
+        let texts = [
+            r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a","annotations":{"x":"y",
+               "dittofs.dittofs.com/applied-hash":"h\u0041"},"ownerReferences":[{"uid":"u","kind":"K"}],
+               "managedFields":[{"manager":"m"}]},"spec":{"ports":[]},"status":{"loadBalancer":{}}}"#,
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"b"}}"#,
+            r#"[1,2,3]"#,
+            r#"{"kind":"ConfigMap","metadata":{"name":7}}"#,
+            r#"{"apiVersion":"pgv2.percona.com/v2","kind":"PerconaPGCluster","metadata":{"name":"c","generation":"x",
+               "ownerReferences":null},"status":{"state":5}}"#,
+        ];
+        let raws: Vec<Box<RawValue>> =
+            texts.iter().map(|t| RawValue::from_string(t.to_string()).expect("raw")).collect();
+        let refs: Vec<&RawValue> = raws.iter().map(|r| &**r).collect();
+        let observed = Observed::read(&refs);
+        let service = observed.find("v1", "Service", "a").expect("found");
+        assert_eq!(service.applied_hash(), Some("hA"));
+        assert!(service.has_owner_reference("u") && !service.has_owner_reference("v"));
+        assert!(service.spec.is_some());
+        assert_eq!(observed.find("v1", "ConfigMap", "b").and_then(Related::applied_hash), None);
+        assert!(observed.find("v1", "Service", "b").is_none());
+        // Odd field types: still known to exist.
+        let cluster = observed.find("pgv2.percona.com/v2", "PerconaPGCluster", "c").expect("known");
+        assert!(cluster.status.state.is_none() && !cluster.has_owner_reference("u"));
     }
 }

@@ -6,14 +6,15 @@
 //! succeeded. One exception: while creating the Percona cluster keeps failing, the
 //! status (DatabaseReady False, PerconaNotFound) goes before the next attempt.
 
-use reconcile_sdk::{Action, EventType, Outcome, Snapshot};
+use reconcile_sdk::{Action, EventType, Outcome, RawSnapshot, Snapshot};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::{DittoServerSpec, DittoServerStatus};
 use crate::error::ReconcileError;
 use crate::hash::{ConfigHasher, ObjectHasher};
-use crate::meta::{Observed, Primary, StatefulSetState};
+use crate::input::Input;
+use crate::meta::{Primary, StatefulSetState};
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
 use crate::objects::percona::{self, Readiness};
 use crate::objects::statefulset::{self, Claim};
@@ -24,16 +25,38 @@ use crate::{config, deletion, secrets, validate};
 
 /// Reconciles one DittoServer snapshot; see the crate docs. Idempotent: a snapshot of
 /// a converged DittoServer gives no action at all.
+///
+/// The same as [`reconcile_raw`] (which the module's exports call) on the same JSON.
 pub fn reconcile(snapshot: Snapshot) -> Outcome {
-    match run(&snapshot) {
-        Ok(outcome) => outcome,
-        // Every error is about the snapshot itself: the same input fails the same way.
+    // One path for every caller: the snapshot goes back to JSON and is read as the
+    // exports read it (natively only: tests and tools, never the module's hot path).
+    let json = match serde_json::to_vec(&snapshot) {
+        Ok(json) => json,
+        Err(err) => return Outcome::error(format!("snapshot does not encode: {err}"), false),
+    };
+    match reconcile_sdk::decode_raw_snapshot(&json) {
+        Ok(raw) => reconcile_raw(raw),
         Err(err) => Outcome::error(err.to_string(), false),
     }
 }
 
-fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
-    let now = parse_rfc3339(&snapshot.now).ok_or_else(|| {
+/// Reconciles one DittoServer snapshot whose objects are still JSON text; idempotent
+/// like [`reconcile`].
+pub fn reconcile_raw(snapshot: RawSnapshot<'_>) -> Outcome {
+    let outcome = match Input::read(&snapshot).and_then(|input| run(&input)) {
+        Ok(outcome) => outcome,
+        // Every error is about the snapshot itself: the same input fails the same way.
+        Err(err) => Outcome::error(err.to_string(), false),
+    };
+    // The plain module runs in a fresh instance per call and its allocator never
+    // reuses memory: walking the snapshot to drop it would be wasted time.
+    #[cfg(all(target_arch = "wasm32", not(feature = "js")))]
+    std::mem::forget(snapshot);
+    outcome
+}
+
+fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
+    let now = parse_rfc3339(snapshot.now).ok_or_else(|| {
         ReconcileError::InvalidObject(format!("snapshot now {:?} is not an RFC 3339 timestamp", snapshot.now))
     })?;
     let primary = Primary::read(&snapshot.object)?;
@@ -57,14 +80,14 @@ fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
     }
 
     let secret_names = secrets::referenced(primary.name, &spec);
-    let requires = secrets::missing(&secret_names, &snapshot.required);
+    let requires = secrets::missing(&secret_names, snapshot.required);
     if !requires.is_empty() {
         return Ok(Outcome::Actions { actions: Vec::new(), requires, requeue_after_seconds: None });
     }
 
     let owner = Owner::from(&primary);
     let name = primary.name;
-    let observed = Observed::new(&snapshot.related);
+    let observed = &snapshot.related;
     let mut hasher = ObjectHasher::new();
     let mut actions = Vec::new();
 
@@ -83,7 +106,7 @@ fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
     let config_yaml = config::render(name, &spec);
     let mut config_hasher = ConfigHasher::new();
     config_hasher.part(config_yaml.as_bytes());
-    secrets::hash_digests(&mut config_hasher, &secret_names, &snapshot.required);
+    secrets::hash_digests(&mut config_hasher, &secret_names, snapshot.required);
     config_hasher.part(&primary.generation.unwrap_or_default().to_le_bytes());
     let config_hash = config_hasher.finish();
     apply_if_changed(
@@ -97,7 +120,7 @@ fn run(snapshot: &Snapshot) -> Result<Outcome, ReconcileError> {
     for desired in
         [services::headless(&owner, &spec), services::file(&owner, &spec), services::api(&owner, &spec)]
     {
-        let observed = crate::meta::str_at(&desired, &["metadata", "name"]).and_then(service);
+        let observed = service(&desired.metadata.name);
         apply_if_changed(desired, observed, &mut hasher, &mut actions)?;
     }
     let metrics_name = names::metrics_service(name);

@@ -48,6 +48,8 @@ fn golden_outcomes_natively() {
     for name in &names {
         let snapshot = fs::read(dir().join(format!("{name}.snapshot.json"))).expect("snapshot");
         let outcome = run_json(&snapshot, dittofs_reconciler::reconcile) + "\n";
+        let raw = reconcile_sdk::run_json_raw(&snapshot, dittofs_reconciler::reconcile_raw) + "\n";
+        assert_eq!(outcome, raw, "{name}: the two entry points differ");
         let path = dir().join(format!("{name}.outcome.json"));
         if updating() {
             fs::write(&path, &outcome).expect("write outcome");

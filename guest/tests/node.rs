@@ -14,6 +14,11 @@ mod golden_cases;
 fn golden_outcomes_in_node() {
     assert!(golden_cases::CASES.len() >= 20);
     for (name, snapshot, expected) in golden_cases::CASES {
+        // What the `js` exports run...
+        let output =
+            reconcile_sdk::run_json_raw(snapshot.as_bytes(), dittofs_reconciler::reconcile_raw) + "\n";
+        assert_eq!(output, *expected, "{name}");
+        // ...and the `Snapshot` entry point, compiled to wasm32 too.
         let output = reconcile_sdk::run_json(snapshot.as_bytes(), dittofs_reconciler::reconcile) + "\n";
         assert_eq!(output, *expected, "{name}");
     }

@@ -1,16 +1,15 @@
 //! The ConfigMap `<name>-config` holding the server's `config.yaml`.
 
-use serde_json::{Value, json};
-
 use super::Owner;
+use super::model::{ConfigData, ConfigMap};
 use crate::names;
 
 /// The ConfigMap holding `config_yaml` (which never holds a secret).
-pub fn build(owner: &Owner<'_>, config_yaml: String) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": owner.metadata(names::config_map(owner.name)),
-        "data": {names::CONFIG_FILE_KEY: config_yaml},
-    })
+pub fn build<'a>(owner: &Owner<'a>, config_yaml: String) -> ConfigMap<'a> {
+    ConfigMap {
+        api_version: "v1",
+        kind: "ConfigMap",
+        metadata: owner.metadata(names::config_map(owner.name)),
+        data: ConfigData { config: config_yaml },
+    }
 }

@@ -7,17 +7,17 @@
 //! to every object, so comparing whole objects would never converge.
 
 pub mod configmap;
+pub mod model;
 pub mod percona;
 pub mod services;
 pub mod statefulset;
 
 use reconcile_sdk::Action;
-use serde_json::{Map, Value, json};
 
 use crate::error::ReconcileError;
 use crate::hash::ObjectHasher;
-use crate::meta::{Primary, annotation};
-use crate::names::{API_VERSION, APP_LABEL_VALUE, APPLIED_HASH_ANNOTATION, KIND, OWNER_LABEL};
+use crate::meta::{Primary, Related};
+use model::{Annotations, Labels, Meta, Owned, OwnerReference};
 
 /// The DittoServer that owns the objects being built.
 #[derive(Debug, Clone, Copy)]
@@ -36,52 +36,22 @@ impl<'a> From<&Primary<'a>> for Owner<'a> {
     }
 }
 
-impl Owner<'_> {
-    /// The labels that select the server's pods.
-    pub fn pod_selector(&self) -> Value {
-        json!({"app": APP_LABEL_VALUE, "instance": self.name})
-    }
-
-    /// The labels of every owned object: the owner label and the pod labels.
-    pub fn labels(&self) -> Value {
-        json!({"app": APP_LABEL_VALUE, "instance": self.name, OWNER_LABEL: self.name})
-    }
-
+impl<'a> Owner<'a> {
     /// A controller reference to the DittoServer: the garbage collector deletes the
     /// object after its owner.
-    pub fn controller_reference(&self) -> Value {
-        json!({
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": self.uid,
-            "controller": true,
-            "blockOwnerDeletion": true,
-        })
+    pub fn controller_reference(&self) -> OwnerReference<'a> {
+        OwnerReference::controller(self.name, self.uid)
     }
 
     /// Metadata of an owned object named `name`: namespace, labels, controller reference.
-    pub fn metadata(&self, name: String) -> Value {
-        #[allow(unused_mut)]
-        let mut metadata = json!({
-            "name": name,
-            "namespace": self.namespace,
-            "labels": self.labels(),
-            "ownerReferences": [self.controller_reference()],
-        });
-        // A build that differs observably from the default one, for the host's
-        // hot-swap tests and benchmark (`make wasm-v2`); off in every real build.
-        #[cfg(feature = "v2-annotation")]
-        set(&mut metadata, "annotations", Some(json!({"dittofs.dittofs.com/module-generation": "v2"})));
-        metadata
-    }
-}
-
-/// Inserts `key: value` into `object` when both are what they should be (an object,
-/// and a value that is present).
-pub fn set(object: &mut Value, key: &str, value: Option<Value>) {
-    if let (Some(object), Some(value)) = (object.as_object_mut(), value) {
-        object.insert(key.into(), value);
+    pub fn metadata(&self, name: String) -> Meta<'a> {
+        Meta {
+            name,
+            namespace: self.namespace,
+            labels: Labels::of(self.name),
+            annotations: Annotations::default(),
+            owner_references: [self.controller_reference()],
+        }
     }
 }
 
@@ -90,39 +60,47 @@ pub fn set(object: &mut Value, key: &str, value: Option<Value>) {
 ///
 /// The hash is taken before the annotation is added, over the object exactly as it is
 /// sent, so any change to what the module would send (spec, module version) re-applies.
-pub fn apply_if_changed(
-    mut desired: Value,
-    observed: Option<&Value>,
+/// Only an object that is applied becomes a JSON value.
+pub fn apply_if_changed<K: Owned>(
+    mut desired: K,
+    observed: Option<&Related<'_>>,
     hasher: &mut ObjectHasher,
     actions: &mut Vec<Action>,
 ) -> Result<bool, ReconcileError> {
     let hash = hasher.hash(&desired)?;
-    if observed.and_then(|object| annotation(object, APPLIED_HASH_ANNOTATION)) == Some(hash.as_str()) {
+    if observed.and_then(Related::applied_hash) == Some(hash.as_str()) {
         return Ok(false);
     }
-    if let Some(metadata) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = metadata.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
-        if let Some(annotations) = annotations.as_object_mut() {
-            annotations.insert(APPLIED_HASH_ANNOTATION.into(), hash.into());
-        }
-    }
-    actions.push(Action::Apply { object: desired });
+    desired.set_applied_hash(hash);
+    actions.push(Action::Apply { object: serde_json::to_value(&desired)? });
     Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::APPLIED_HASH_ANNOTATION;
+    use serde_json::json;
+    use serde_json::value::RawValue;
 
     fn owner() -> Owner<'static> {
         Owner { name: "nas", namespace: "files", uid: "u-1" }
     }
 
+    fn config_map(text: &str) -> model::ConfigMap<'static> {
+        model::ConfigMap {
+            api_version: "v1",
+            kind: "ConfigMap",
+            metadata: owner().metadata("nas-config".into()),
+            data: model::ConfigData { config: text.into() },
+        }
+    }
+
     #[test]
     fn owned_metadata() {
         assert_eq!(
-            owner().metadata("nas-x".into()),
-            serde_json::json!({
+            serde_json::to_value(owner().metadata("nas-x".into())).expect("encodes"),
+            json!({
                 "name": "nas-x", "namespace": "files",
                 "labels": {"app": "dittofs-server", "instance": "nas", "dittofs.dittofs.com/server": "nas"},
                 "ownerReferences": [{"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
@@ -134,26 +112,28 @@ mod tests {
     #[test]
     fn applies_only_what_changed() {
         let mut hasher = ObjectHasher::new();
-        let desired = || {
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": owner().metadata("nas-config".into()), "data": {"k": "v"}})
-        };
         let mut actions = Vec::new();
-        assert!(apply_if_changed(desired(), None, &mut hasher, &mut actions).expect("plans"));
+        assert!(apply_if_changed(config_map("v"), None, &mut hasher, &mut actions).expect("plans"));
         let Some(Action::Apply { object }) = actions.pop() else { panic!("no apply") };
         let hash =
             object["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].as_str().expect("hash").to_string();
+        assert_eq!(hash, hasher.hash(&config_map("v")).expect("hashes"));
 
         // Observed as the API server returns it: extra fields do not matter, the hash does.
         let mut observed = object.clone();
         observed["metadata"]["uid"] = "cm-uid".into();
         observed["metadata"]["resourceVersion"] = "7".into();
-        assert!(!apply_if_changed(desired(), Some(&observed), &mut hasher, &mut actions).expect("plans"));
+        let raw = RawValue::from_string(observed.to_string()).expect("raw");
+        let view = Related::read(&raw).expect("decodes");
+        assert!(!apply_if_changed(config_map("v"), Some(&view), &mut hasher, &mut actions).expect("plans"));
         assert!(actions.is_empty());
 
-        observed["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = "stale".into();
-        assert!(apply_if_changed(desired(), Some(&observed), &mut hasher, &mut actions).expect("plans"));
-        let Some(Action::Apply { object }) = actions.pop() else { panic!("no apply") };
-        assert_eq!(object["metadata"]["annotations"][APPLIED_HASH_ANNOTATION], hash.as_str());
+        // A changed object, or a lost annotation, is applied again.
+        assert!(apply_if_changed(config_map("w"), Some(&view), &mut hasher, &mut actions).expect("plans"));
+        observed["metadata"]["annotations"] = json!({});
+        let raw = RawValue::from_string(observed.to_string()).expect("raw");
+        let view = Related::read(&raw).expect("decodes");
+        assert!(apply_if_changed(config_map("v"), Some(&view), &mut hasher, &mut actions).expect("plans"));
+        assert_eq!(actions.len(), 2);
     }
 }

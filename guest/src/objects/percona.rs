@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::Owner;
 use crate::api::{DittoServerSpec, PerconaSpec};
-use crate::meta::{has_owner_reference, str_at};
+use crate::meta::Related;
 use crate::names::{self, OWNER_LABEL, PERCONA_API_VERSION, PERCONA_KIND, PERCONA_USER};
 
 /// `crVersion` of the clusters the module creates.
@@ -34,10 +34,10 @@ pub enum Readiness<'a> {
 }
 
 /// The readiness of the observed cluster.
-pub fn readiness(observed: Option<&Value>) -> Readiness<'_> {
+pub fn readiness<'a>(observed: Option<&'a Related<'a>>) -> Readiness<'a> {
     match observed {
         None => Readiness::NotFound,
-        Some(cluster) => match str_at(cluster, &["status", "state"]) {
+        Some(cluster) => match cluster.status.state.as_deref() {
             Some("ready") => Readiness::Ready,
             state => Readiness::NotReady(state),
         },
@@ -52,13 +52,18 @@ pub fn wants_owner_reference(spec: &PerconaSpec) -> bool {
 /// Queues what the cluster needs: creation, adoption (an ownerReference added) or
 /// release (`orphan`). A cluster that Percona was disabled for is released too, so
 /// that deleting the DittoServer can never take its data along.
-pub fn plan(owner: &Owner<'_>, spec: &DittoServerSpec, observed: Option<&Value>, actions: &mut Vec<Action>) {
+pub fn plan(
+    owner: &Owner<'_>,
+    spec: &DittoServerSpec,
+    observed: Option<&Related<'_>>,
+    actions: &mut Vec<Action>,
+) {
     let wants_reference = wants_owner_reference(&spec.percona);
     match observed {
         None if spec.percona.enabled => actions.push(Action::Apply { object: build(owner, spec) }),
         None => {}
         Some(cluster) => {
-            let has_reference = has_owner_reference(cluster, owner.uid);
+            let has_reference = cluster.has_owner_reference(owner.uid);
             if wants_reference && !has_reference {
                 if let Some(object) = adopt(owner, cluster) {
                     actions.push(Action::Apply { object });
@@ -110,7 +115,7 @@ fn metadata(owner: &Owner<'_>, with_reference: bool) -> Value {
         "labels": {OWNER_LABEL: owner.name},
     });
     if with_reference && let Some(metadata) = metadata.as_object_mut() {
-        metadata.insert("ownerReferences".into(), Value::Array(vec![owner.controller_reference()]));
+        metadata.insert("ownerReferences".into(), json!([owner.controller_reference()]));
     }
     metadata
 }
@@ -151,8 +156,11 @@ fn backups(server: &str, percona: &PerconaSpec) -> Value {
 /// The observed cluster with the DittoServer's controller reference: its spec
 /// verbatim, so that the apply changes nothing else. `None` when the observed cluster
 /// has no spec to keep.
-fn adopt(owner: &Owner<'_>, cluster: &Value) -> Option<Value> {
-    let spec = cluster.get("spec").filter(|spec| spec.is_object())?;
+fn adopt(owner: &Owner<'_>, cluster: &Related<'_>) -> Option<Value> {
+    let spec: Value = serde_json::from_str(cluster.spec?.get()).ok()?;
+    if !spec.is_object() {
+        return None;
+    }
     Some(json!({
         "apiVersion": PERCONA_API_VERSION,
         "kind": PERCONA_KIND,

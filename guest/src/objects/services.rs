@@ -2,57 +2,55 @@
 //! SMB when enabled), `<name>-api` (control plane) and `<name>-metrics` (only while
 //! metrics are enabled).
 
-use serde_json::{Value, json};
-
-use super::{Owner, set};
+use super::Owner;
+use super::model::{PodSelector, Service, ServicePort, ServiceSpec};
 use crate::api::DittoServerSpec;
 use crate::names;
 
 /// A TCP port whose target is the container port of the same name.
-pub fn port(name: &str, number: i32) -> Value {
-    json!({"name": name, "port": number, "targetPort": name, "protocol": "TCP"})
+pub fn port(name: &'static str, number: i32) -> ServicePort {
+    ServicePort { name, port: number, target_port: name, protocol: "TCP" }
 }
 
-fn service(owner: &Owner<'_>, name: String, mut spec: Value) -> Value {
-    set(&mut spec, "selector", Some(owner.pod_selector()));
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": owner.metadata(name), "spec": spec})
+fn service<'a>(
+    owner: &Owner<'a>,
+    name: String,
+    kind: Option<&'static str>,
+    cluster_ip: Option<&'static str>,
+    ports: Vec<ServicePort>,
+) -> Service<'a> {
+    Service {
+        api_version: "v1",
+        kind: "Service",
+        metadata: owner.metadata(name),
+        spec: ServiceSpec { kind, cluster_ip, ports, selector: PodSelector::of(owner.name) },
+    }
 }
 
 /// `<name>-headless`: the StatefulSet's governing Service (stable pod DNS names).
-pub fn headless(owner: &Owner<'_>, spec: &DittoServerSpec) -> Value {
-    service(
-        owner,
-        names::headless_service(owner.name),
-        json!({"clusterIP": "None", "ports": [port("nfs", spec.nfs_port)]}),
-    )
+pub fn headless<'a>(owner: &Owner<'a>, spec: &DittoServerSpec) -> Service<'a> {
+    service(owner, names::headless_service(owner.name), None, Some("None"), vec![port("nfs", spec.nfs_port)])
 }
 
 /// `<name>-file`: NFS (and SMB) for clients, of the type and with the annotations
 /// `spec.service` asks for.
-pub fn file(owner: &Owner<'_>, spec: &DittoServerSpec) -> Value {
+pub fn file<'a>(owner: &Owner<'a>, spec: &'a DittoServerSpec) -> Service<'a> {
     let mut ports = vec![port("nfs", spec.nfs_port)];
     if spec.smb.enabled {
         ports.push(port("smb", spec.smb.port));
     }
-    let mut service = service(
-        owner,
-        names::file_service(owner.name),
-        json!({"type": spec.service.kind.as_str(), "ports": ports}),
-    );
-    if !spec.service.annotations.is_empty()
-        && let Some(metadata) = service.get_mut("metadata")
-    {
-        set(metadata, "annotations", Some(json!(spec.service.annotations)));
-    }
+    let mut service =
+        service(owner, names::file_service(owner.name), Some(spec.service.kind.as_str()), None, ports);
+    service.metadata.annotations.user = Some(&spec.service.annotations);
     service
 }
 
 /// `<name>-api`: the REST control plane.
-pub fn api(owner: &Owner<'_>, spec: &DittoServerSpec) -> Value {
-    service(owner, names::api_service(owner.name), json!({"ports": [port("api", spec.control_plane.port)]}))
+pub fn api<'a>(owner: &Owner<'a>, spec: &DittoServerSpec) -> Service<'a> {
+    service(owner, names::api_service(owner.name), None, None, vec![port("api", spec.control_plane.port)])
 }
 
 /// `<name>-metrics`: the Prometheus endpoint.
-pub fn metrics(owner: &Owner<'_>, spec: &DittoServerSpec) -> Value {
-    service(owner, names::metrics_service(owner.name), json!({"ports": [port("metrics", spec.metrics.port)]}))
+pub fn metrics<'a>(owner: &Owner<'a>, spec: &DittoServerSpec) -> Service<'a> {
+    service(owner, names::metrics_service(owner.name), None, None, vec![port("metrics", spec.metrics.port)])
 }

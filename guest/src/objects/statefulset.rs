@@ -8,11 +8,19 @@
 //! are taken from the observed object ([`Claim::from_observed`]), so that a changed
 //! storage size in the spec does not turn every later apply into a rejected one.
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
 
-use super::{Owner, set};
+use serde::Deserialize;
+
+use super::Owner;
+use super::model::{
+    ClaimSpec, ClaimTemplate, ConfigVolume, Container, ContainerPort, EnvVar, Labels, NameOnly, NamedRef,
+    PodAnnotations, PodMeta, PodSecurity, PodSelector, PodSpec, PodTemplate, Probe, RetentionPolicy,
+    SecretKeyRef, SecretSource, Selector, StatefulSet, StatefulSetSpec, Storage, StorageRequest, TcpSocket,
+    VolumeMount,
+};
 use crate::api::DittoServerSpec;
-use crate::meta::{at, str_at};
+use crate::meta::Related;
 use crate::names;
 
 /// The group the server runs with when the spec sets no pod security context, so
@@ -53,25 +61,49 @@ impl Claim {
 
     /// The claims of an existing StatefulSet, which cannot change; `None` when they
     /// cannot be read.
-    pub fn from_observed(statefulset: &Value) -> Option<Vec<Claim>> {
-        let templates = at(statefulset, &["spec", "volumeClaimTemplates"])?.as_array()?;
-        templates
-            .iter()
-            .map(|template| {
-                let access_modes = match at(template, &["spec", "accessModes"]).and_then(Value::as_array) {
-                    Some(modes) => {
-                        modes.iter().map(|m| m.as_str().map(String::from)).collect::<Option<_>>()?
-                    }
-                    None => vec!["ReadWriteOnce".into()],
-                };
-                Some(Claim {
-                    name: str_at(template, &["metadata", "name"])?.into(),
-                    size: str_at(template, &["spec", "resources", "requests", "storage"])?.into(),
-                    storage_class_name: str_at(template, &["spec", "storageClassName"]).map(String::from),
-                    access_modes,
-                })
+    pub fn from_observed(statefulset: &Related<'_>) -> Option<Vec<Claim>> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Spec {
+            #[serde(default)]
+            volume_claim_templates: Vec<Template>,
+        }
+        #[derive(Deserialize)]
+        struct Template {
+            metadata: Name,
+            spec: TemplateSpec,
+        }
+        #[derive(Deserialize)]
+        struct Name {
+            name: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct TemplateSpec {
+            access_modes: Option<Vec<String>>,
+            resources: Resources,
+            storage_class_name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Resources {
+            requests: Requests,
+        }
+        #[derive(Deserialize)]
+        struct Requests {
+            storage: String,
+        }
+        let spec: Spec = serde_json::from_str(statefulset.spec?.get()).ok()?;
+        let claims = spec
+            .volume_claim_templates
+            .into_iter()
+            .map(|template| Claim {
+                name: template.metadata.name,
+                size: template.spec.resources.requests.storage,
+                storage_class_name: template.spec.storage_class_name,
+                access_modes: template.spec.access_modes.unwrap_or_else(|| vec!["ReadWriteOnce".into()]),
             })
-            .collect()
+            .collect();
+        Some(claims)
     }
 
     fn mount_path(&self) -> Option<&'static str> {
@@ -83,52 +115,62 @@ impl Claim {
         }
     }
 
-    fn template(&self) -> Value {
-        let mut spec = json!({
-            "accessModes": self.access_modes,
-            "resources": {"requests": {"storage": self.size}},
-        });
-        set(&mut spec, "storageClassName", self.storage_class_name.as_deref().map(Value::from));
-        json!({"metadata": {"name": self.name}, "spec": spec})
+    fn template(&self) -> ClaimTemplate<'_> {
+        ClaimTemplate {
+            metadata: NameOnly { name: &self.name },
+            spec: ClaimSpec {
+                access_modes: &self.access_modes,
+                resources: StorageRequest { requests: Storage { storage: &self.size } },
+                storage_class_name: self.storage_class_name.as_deref(),
+            },
+        }
     }
 }
 
 /// The StatefulSet of `owner`, with `claims` and the pod annotation `config_hash`.
-pub fn build(owner: &Owner<'_>, spec: &DittoServerSpec, config_hash: &str, claims: &[Claim]) -> Value {
+pub fn build<'a>(
+    owner: &Owner<'a>,
+    spec: &'a DittoServerSpec,
+    config_hash: &'a str,
+    claims: &'a [Claim],
+) -> StatefulSet<'a> {
     let security_context = match &spec.pod_security_context {
-        Some(context) => Value::Object(context.object.clone()),
-        None => json!({"fsGroup": DEFAULT_FS_GROUP}),
+        Some(context) => PodSecurity::Spec(&context.object),
+        None => PodSecurity::Default { fs_group: DEFAULT_FS_GROUP },
     };
-    let mut pod = json!({
-        "securityContext": security_context,
-        "containers": [server_container(owner, spec, claims)],
-        "volumes": [{"name": "config", "configMap": {"name": names::config_map(owner.name)}}],
-    });
-    if spec.percona.enabled {
-        set(&mut pod, "initContainers", Some(json!([wait_for_postgres(owner.name)])));
-    }
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": owner.metadata(owner.name.into()),
-        "spec": {
-            "replicas": spec.replicas,
-            "serviceName": names::headless_service(owner.name),
-            "selector": {"matchLabels": owner.pod_selector()},
-            "template": {
-                "metadata": {
-                    "labels": owner.labels(),
-                    "annotations": {names::CONFIG_HASH_ANNOTATION: config_hash},
+    StatefulSet {
+        api_version: "apps/v1",
+        kind: "StatefulSet",
+        metadata: owner.metadata(owner.name.into()),
+        spec: StatefulSetSpec {
+            replicas: spec.replicas,
+            service_name: names::headless_service(owner.name),
+            selector: Selector { match_labels: PodSelector::of(owner.name) },
+            template: PodTemplate {
+                metadata: PodMeta {
+                    labels: Labels::of(owner.name),
+                    annotations: PodAnnotations { config_hash },
                 },
-                "spec": pod,
+                spec: PodSpec {
+                    security_context,
+                    init_containers: spec.percona.enabled.then(|| [wait_for_postgres(owner.name)]),
+                    containers: [server_container(owner.name, spec, claims)],
+                    volumes: [ConfigVolume {
+                        name: "config",
+                        config_map: NamedRef { name: names::config_map(owner.name) },
+                    }],
+                },
             },
-            "volumeClaimTemplates": claims.iter().map(Claim::template).collect::<Vec<_>>(),
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            volume_claim_templates: claims.iter().map(Claim::template).collect(),
+            persistent_volume_claim_retention_policy: RetentionPolicy {
+                when_deleted: "Retain",
+                when_scaled: "Retain",
+            },
         },
-    })
+    }
 }
 
-fn server_container(owner: &Owner<'_>, spec: &DittoServerSpec, claims: &[Claim]) -> Value {
+fn server_container<'a>(name: &'a str, spec: &'a DittoServerSpec, claims: &'a [Claim]) -> Container<'a> {
     let mut ports =
         vec![container_port("nfs", spec.nfs_port), container_port("api", spec.control_plane.port)];
     if spec.metrics.enabled {
@@ -137,49 +179,51 @@ fn server_container(owner: &Owner<'_>, spec: &DittoServerSpec, claims: &[Claim])
     if spec.smb.enabled {
         ports.push(container_port("smb", spec.smb.port));
     }
-    let mut mounts = vec![json!({"name": "config", "mountPath": "/config", "readOnly": true})];
-    mounts.extend(
-        claims.iter().filter_map(|claim| Some(json!({"name": claim.name, "mountPath": claim.mount_path()?}))),
-    );
-    let tcp_probe = |initial_delay_seconds: i32, period_seconds: i32| {
-        json!({
-            "tcpSocket": {"port": "nfs"},
-            "initialDelaySeconds": initial_delay_seconds,
-            "periodSeconds": period_seconds,
-        })
+    let mut mounts = vec![VolumeMount { name: "config", mount_path: "/config", read_only: Some(true) }];
+    mounts.extend(claims.iter().filter_map(|claim| {
+        Some(VolumeMount { name: &claim.name, mount_path: claim.mount_path()?, read_only: None })
+    }));
+    let tcp_probe = |initial_delay_seconds, period_seconds| Probe {
+        tcp_socket: TcpSocket { port: "nfs" },
+        initial_delay_seconds,
+        period_seconds,
     };
-    let mut container = json!({
-        "name": "dittofs",
-        "image": spec.image,
-        "command": ["/app/dittofs"],
-        "args": ["start", "--config", format!("/config/{}", names::CONFIG_FILE_KEY)],
-        "ports": ports,
-        "env": environment(owner.name, spec),
-        "livenessProbe": tcp_probe(30, 10),
-        "readinessProbe": tcp_probe(10, 5),
-        "volumeMounts": mounts,
-    });
-    set(&mut container, "resources", spec.resources.as_ref().map(|r| Value::Object(r.object.clone())));
-    set(
-        &mut container,
-        "securityContext",
-        spec.security_context.as_ref().map(|c| Value::Object(c.object.clone())),
-    );
-    container
+    Container {
+        name: "dittofs",
+        image: &spec.image,
+        command: vec!["/app/dittofs"],
+        args: vec!["start", "--config", "/config/config.yaml"],
+        ports,
+        env: environment(name, spec),
+        liveness_probe: Some(tcp_probe(30, 10)),
+        readiness_probe: Some(tcp_probe(10, 5)),
+        resources: spec.resources.as_ref().map(|r| &r.object),
+        security_context: spec.security_context.as_ref().map(|c| &c.object),
+        volume_mounts: mounts,
+    }
 }
 
-fn container_port(name: &str, number: i32) -> Value {
-    json!({"name": name, "containerPort": number, "protocol": "TCP"})
+fn container_port(name: &'static str, number: i32) -> ContainerPort {
+    ContainerPort { name, container_port: number, protocol: "TCP" }
 }
 
-fn from_secret(env: &str, secret: &str, key: &str, optional: bool) -> Value {
-    let mut selector = json!({"name": secret, "key": key});
-    set(&mut selector, "optional", optional.then_some(Value::Bool(true)));
-    json!({"name": env, "valueFrom": {"secretKeyRef": selector}})
+fn from_secret<'a>(
+    env: &'static str,
+    secret: impl Into<Cow<'a, str>>,
+    key: &'a str,
+    optional: bool,
+) -> EnvVar<'a> {
+    EnvVar {
+        name: env,
+        value: None,
+        value_from: Some(SecretSource {
+            secret_key_ref: SecretKeyRef { name: secret.into(), key, optional: optional.then_some(true) },
+        }),
+    }
 }
 
 /// The server's environment: every secret, by reference.
-fn environment(name: &str, spec: &DittoServerSpec) -> Vec<Value> {
+fn environment<'a>(name: &str, spec: &'a DittoServerSpec) -> Vec<EnvVar<'a>> {
     let mut env = Vec::new();
     if let Some(jwt) = &spec.identity.jwt {
         env.push(from_secret(
@@ -193,7 +237,7 @@ fn environment(name: &str, spec: &DittoServerSpec) -> Vec<Value> {
         env.push(from_secret("DITTOFS_ADMIN_INITIAL_PASSWORD", &password.name, &password.key, false));
     }
     if spec.percona.enabled {
-        env.push(from_secret("DATABASE_URL", &names::percona_user_secret(name), "uri", false));
+        env.push(from_secret("DATABASE_URL", names::percona_user_secret(name), "uri", false));
     } else if let Some(postgres) = &spec.database.postgres_secret_ref {
         for (var, key, optional) in [
             ("DITTOFS_DATABASE_POSTGRES_HOST", "host", false),
@@ -203,33 +247,23 @@ fn environment(name: &str, spec: &DittoServerSpec) -> Vec<Value> {
             ("DITTOFS_DATABASE_POSTGRES_PORT", "port", true),
             ("DITTOFS_DATABASE_POSTGRES_SSLMODE", "sslmode", true),
         ] {
-            env.push(from_secret(var, &postgres.name, key, optional));
+            env.push(from_secret(var, postgres.name.as_str(), key, optional));
         }
     }
     if let Some(s3) = &spec.s3 {
         let credentials = &s3.credentials_secret_ref;
-        env.push(from_secret(
-            "AWS_ACCESS_KEY_ID",
-            &credentials.secret_name,
-            &credentials.access_key_id_key,
-            false,
-        ));
-        env.push(from_secret(
-            "AWS_SECRET_ACCESS_KEY",
-            &credentials.secret_name,
-            &credentials.secret_access_key_key,
-            false,
-        ));
-        env.push(from_secret("AWS_ENDPOINT_URL", &credentials.secret_name, &credentials.endpoint_key, true));
-        env.push(json!({"name": "AWS_REGION", "value": s3.region}));
+        let secret = credentials.secret_name.as_str();
+        env.push(from_secret("AWS_ACCESS_KEY_ID", secret, &credentials.access_key_id_key, false));
+        env.push(from_secret("AWS_SECRET_ACCESS_KEY", secret, &credentials.secret_access_key_key, false));
+        env.push(from_secret("AWS_ENDPOINT_URL", secret, &credentials.endpoint_key, true));
+        env.push(EnvVar { name: "AWS_REGION", value: Some(&s3.region), value_from: None });
     }
     env
 }
 
 /// Waits until the Percona cluster accepts connections as the DittoFS user.
-fn wait_for_postgres(name: &str) -> Value {
-    let secret = names::percona_user_secret(name);
-    let env: Vec<Value> = [
+fn wait_for_postgres(name: &str) -> Container<'static> {
+    let env = [
         ("PGHOST", "host"),
         ("PGPORT", "port"),
         ("PGUSER", "user"),
@@ -237,17 +271,18 @@ fn wait_for_postgres(name: &str) -> Value {
         ("PGDATABASE", "dbname"),
     ]
     .into_iter()
-    .map(|(var, key)| from_secret(var, &secret, key, false))
+    .map(|(var, key)| from_secret(var, names::percona_user_secret(name), key, false))
     .collect();
-    json!({
-        "name": "wait-for-postgres",
-        "image": POSTGRES_WAIT_IMAGE,
-        "command": [
+    Container {
+        name: "wait-for-postgres",
+        image: POSTGRES_WAIT_IMAGE,
+        command: vec![
             "/bin/sh",
             "-c",
             "until pg_isready -h \"$PGHOST\" -p \"$PGPORT\" -U \"$PGUSER\" -d \"$PGDATABASE\" -t 5; do \
              echo \"waiting for PostgreSQL at $PGHOST:$PGPORT\"; sleep 2; done",
         ],
-        "env": env,
-    })
+        env,
+        ..Container::default()
+    }
 }

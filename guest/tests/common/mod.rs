@@ -243,7 +243,9 @@ impl Cluster {
             }
             Action::Orphan { kind, name, .. } => {
                 let object = self.object_mut(&kind, &name);
-                if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+                if let Some(refs) =
+                    object.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut)
+                {
                     refs.retain(|r| r["uid"] != UID);
                 }
             }
