@@ -237,6 +237,22 @@ impl Scenario {
             .with_context(|| format!("cannot annotate DittoServer {name}"))
     }
 
+    /// Annotates DittoServer `name` with `value` (see [`Scenario::touch`]) and waits
+    /// for a successful reconcile after it; returns the resourceVersion the touch
+    /// gave the DittoServer. On a converged server this leaves nothing pending: a
+    /// reconcile queued before the touch runs before (or as) the one it triggers.
+    pub async fn touch_and_reconcile(&self, name: &str, value: &str) -> Result<Option<String>> {
+        let op = self.operator()?;
+        let before = op.metrics().await?.reconciles("success");
+        let written = self.touch(name, value).await?.resource_version();
+        wait_until(format!("a reconcile of {name} after touching it"), DEFAULT_TIMEOUT, || async move {
+            Ok((op.metrics().await?.reconciles("success") > before).then_some(()))
+        })
+        .await
+        .with_context(|| self.diagnosis(name))?;
+        Ok(written)
+    }
+
     /// Creates (or replaces the data of) Secret `name` with `data` as string data.
     pub async fn put_secret(&self, name: &str, data: &[(&str, &str)]) -> Result<Secret> {
         let data: serde_json::Map<String, Value> =

@@ -6,11 +6,15 @@
 //! its JSON log; the log is kept under `target/e2e/<namespace>/` for diagnosis. The
 //! process is killed when its [`Operator`] is dropped, also when the test panics.
 //!
-//! Both artifacts are built once per test process, so a plain `cargo test -p e2e`
-//! never runs a stale host or module: the host with `cargo build -p wasm-operator`
-//! (same profile as the tests), the module with `make wasm` (the Makefile is the one
-//! place that knows how). `E2E_WASM_OPERATOR` and `E2E_MODULE` name prebuilt files
-//! instead.
+//! Both artifacts are checked once per test process, so a plain `cargo test -p e2e`
+//! never runs a stale host or module. The module is built with `make wasm` (the
+//! Makefile is the one place that knows how; a no-op when fresh). The host binary in
+//! the tests' profile directory is used when it is newer than every source it is
+//! built from: `make test` (`cargo test --workspace`) has just built it, with the
+//! workspace's unified features, and rebuilding it here with `cargo build -p
+//! wasm-operator` would compile a second variant of wasmtime, tokio and kube for
+//! nothing. Otherwise it is built that way. `E2E_WASM_OPERATOR` and `E2E_MODULE` name
+//! prebuilt files instead.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -114,16 +118,27 @@ fn build_artifacts() -> Result<Artifacts> {
         Some(path) => PathBuf::from(path),
         None => {
             let dir = profile_dir()?;
-            let profile = match dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev".to_owned(),
-                Some(name) => name.to_owned(),
-            };
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut command = build_command(&cargo);
-            command.args(["build", "--quiet", "-p", "wasm-operator", "--bin", "wasm-operator", "--profile"]);
-            command.arg(&profile);
-            run_build(command, "cargo build -p wasm-operator")?;
-            dir.join("wasm-operator")
+            let host = dir.join("wasm-operator");
+            if !is_newer_than_sources(&host, &root) {
+                let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                    Some("debug") | None => "dev".to_owned(),
+                    Some(name) => name.to_owned(),
+                };
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+                let mut command = build_command(&cargo);
+                command.args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "wasm-operator",
+                    "--bin",
+                    "wasm-operator",
+                    "--profile",
+                ]);
+                command.arg(&profile);
+                run_build(command, "cargo build -p wasm-operator")?;
+            }
+            host
         }
     };
     let module = match std::env::var_os(MODULE_ENV) {
@@ -135,15 +150,64 @@ fn build_artifacts() -> Result<Artifacts> {
             root.join(MODULE_PATH)
         }
     };
-    for (path, what) in [(&host, "the host binary"), (&module, "the module")] {
-        if !path.is_file() {
-            bail!("{what} {} does not exist", path.display());
-        }
+    if !host.is_file() {
+        bail!("the host binary {} does not exist", host.display());
     }
+    let module = private_copy(&module)?;
     Ok(Artifacts { host, module })
 }
 
-/// Where test artifacts (host logs, kubeconfigs) go: `<target>/e2e/<namespace>/`.
+/// Copies the module to a file of this test process's own. The host watches its
+/// `--module` file and hot-swaps to whatever appears there, and `make wasm` rewrites
+/// `target/modules/` in place (not atomically): a build started elsewhere meanwhile
+/// must neither swap the tests' module nor be read half-written.
+fn private_copy(module: &Path) -> Result<PathBuf> {
+    let read =
+        || std::fs::read(module).with_context(|| format!("cannot read the module {}", module.display()));
+    let mut bytes = read()?;
+    // Stable across two reads a moment apart: not caught in the middle of a copy.
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let again = read()?;
+        if again == bytes && bytes.starts_with(b"\0asm") {
+            let dir = artifact_dir("modules")?;
+            // Named after its content: one file per module version, however many runs.
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&bytes, &mut hasher);
+            let copy =
+                dir.join(format!("dittofs-reconciler-{:016x}.wasm", std::hash::Hasher::finish(&hasher)));
+            let partial = dir.join(format!(".dittofs-reconciler-{}.wasm.partial", std::process::id()));
+            std::fs::write(&partial, &bytes)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            std::fs::rename(&partial, &copy).with_context(|| format!("cannot write {}", copy.display()))?;
+            return Ok(copy);
+        }
+        bytes = again;
+    }
+    bail!("the module {} is not a stable WebAssembly file (being rewritten?)", module.display())
+}
+
+/// What the host binary is built from (the workspace's path dependencies of
+/// `wasm-operator`, and the lock file).
+const HOST_SOURCES: [&str; 6] =
+    ["Cargo.toml", "Cargo.lock", "host/Cargo.toml", "host/src", "guest/sdk/Cargo.toml", "guest/sdk/src"];
+
+/// Whether `binary` exists and is newer than every file of [`HOST_SOURCES`], as
+/// cargo would judge it (modification times).
+fn is_newer_than_sources(binary: &Path, root: &Path) -> bool {
+    fn newest(path: &Path) -> Option<std::time::SystemTime> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_dir() {
+            return meta.modified().ok();
+        }
+        std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).filter_map(|e| newest(&e.path())).max()
+    }
+    let Some(built) = std::fs::metadata(binary).and_then(|m| m.modified()).ok() else { return false };
+    HOST_SOURCES.iter().all(|source| newest(&root.join(source)).is_some_and(|changed| changed <= built))
+}
+
+/// Where test artifacts (host logs, kubeconfigs, the module's copy) go:
+/// `<target>/e2e/<namespace>/`.
 pub fn artifact_dir(namespace: &str) -> Result<PathBuf> {
     let target = profile_dir()?
         .parent()

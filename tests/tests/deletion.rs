@@ -327,18 +327,29 @@ async fn cleanup_that_keeps_failing_gives_up_after_60_seconds() -> Result<()> {
     Ok(())
 }
 
-/// Scenario 10. Another client writes the status while the server is deleted (the
-/// original operator's `Deleting` write then made every finalizer update fail with
-/// 409): deletion completes, and the host's conflicts and failures stay bounded.
+/// A finalizer of the test's own: it keeps a deleted DittoServer in Terminating after
+/// the module's finalizer is gone, so that what the host does then can be watched.
+const HOLD_FINALIZER: &str = "e2e.dittofs.dittofs.com/hold";
+
+/// Scenario 10. Another client writes the status, as fast as the API server takes
+/// it, while the server is deleted (the original operator's `Deleting` write made
+/// its finalizer update fail with 409 forever): the module's finalizer still goes,
+/// the host then leaves the dying object alone whatever is written to it, and the
+/// deletion completes; the host's conflicts and failures stay bounded.
 #[tokio::test]
 async fn deletion_completes_while_another_client_writes_the_status() -> Result<()> {
     let s = Scenario::start("concurrent-status").await?;
     let name = "nas";
     s.create_running_server(name, json!({"storage": {"metadataSize": "1Gi"}})).await?;
-    let before = s.operator()?.metrics().await?;
+    let op = s.operator()?;
+    let before = op.metrics().await?;
+    let hold = json!([{"op": "add", "path": "/metadata/finalizers/-", "value": HOLD_FINALIZER}]);
+    s.servers()
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(hold)?))
+        .await?;
 
-    // The other writer: a status field the module also owns, flipped as fast as the
-    // API server takes it, until the object is gone.
+    // The other writer: a status field the module also owns, flipped until the
+    // object is gone.
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let writer = {
@@ -358,43 +369,67 @@ async fn deletion_completes_while_another_client_writes_the_status() -> Result<(
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
     };
-    // Let the writer and the host interleave before the deletion too.
-    let this = &s;
     let written_ref = &written;
-    wait_until("the other writer to write", DEFAULT_TIMEOUT, || async move {
-        Ok((written_ref.load(Ordering::Relaxed) >= 20).then_some(()))
-    })
-    .await?;
-    let before_delete = written.load(Ordering::Relaxed);
+    let writes_reach = |count: u64| async move {
+        wait_until(format!("the other writer to write {count} times"), DEFAULT_TIMEOUT, || async move {
+            Ok((written_ref.load(Ordering::Relaxed) >= count).then_some(()))
+        })
+        .await
+    };
+    // The host and the writer interleave before the deletion too.
+    writes_reach(20).await?;
+
     s.servers().delete(name, &DeleteParams::background()).await?;
-    let gone = this.wait_server_gone(name, DEFAULT_TIMEOUT).await;
+    let held = s
+        .wait_server("the module's finalizer to go while the status is being written", name, |o| {
+            !o.finalizers().iter().any(|f| f == FINALIZER)
+        })
+        .await?;
+    ensure!(held.metadata.deletion_timestamp.is_some() && phase(&held).is_some(), "{:?}", held.metadata);
+    // Once its finalizer is gone, the host leaves the dying object alone, however
+    // often it changes.
+    let host_writes = op.metrics().await?.writes();
+    let reconciles = op.metrics().await?.reconciles("success");
+    writes_reach(written.load(Ordering::Relaxed) + 50).await?;
+    let metrics = op.metrics().await?;
+    ensure!(metrics.reconciles("success") > reconciles, "the host did not see the foreign writes");
+    ensure!(
+        metrics.writes() == host_writes,
+        "the host wrote to a DittoServer whose finalizer it had removed"
+    );
+
+    let release = json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": [HOLD_FINALIZER]},
+        {"op": "remove", "path": "/metadata/finalizers"},
+    ]);
+    s.servers()
+        .patch(name, &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(release)?))
+        .await?;
+    let gone = s.wait_server_gone(name, DEFAULT_TIMEOUT).await;
     stop.store(true, Ordering::Relaxed);
     let _ = writer.await;
     gone?;
-    let during = written.load(Ordering::Relaxed) - before_delete;
 
-    let after = s.operator()?.metrics().await?;
+    let after = op.metrics().await?;
     let conflicts = after.sum("wasm_operator_actions_total", &[("result", "conflict")])
         - before.sum("wasm_operator_actions_total", &[("result", "conflict")]);
     let failures = after.reconciles("error") - before.reconciles("error");
     eprintln!(
-        "concurrent status: {during} foreign status writes during deletion; {conflicts} conflicts, {failures} failed reconciles"
+        "concurrent status: {} foreign status writes; {conflicts} conflicts, {failures} failed reconciles",
+        written.load(Ordering::Relaxed)
     );
     ensure!(conflicts <= 3.0, "the host kept conflicting: {conflicts} conflicts; {:?}", after.samples());
     ensure!(
         failures <= 3.0,
         "the host kept failing: {failures} failed reconciles; log: {}",
-        s.operator()?.log_path().display()
+        op.log_path().display()
     );
     ensure!(
-        !s.operator()?
-            .log_lines()
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("kept conflicting"))),
+        !op.log_lines().iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("kept conflicting"))),
         "guarded patches kept conflicting"
     );
     Ok(())

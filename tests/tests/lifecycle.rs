@@ -386,6 +386,17 @@ async fn config_hash_follows_the_spec_and_referenced_secrets() -> Result<()> {
     let yaml = config.data.as_ref().and_then(|d| d.get("config.yaml")).context("no config.yaml")?;
     ensure!(yaml.contains("9191"), "the config file does not have the new port:\n{yaml}");
 
+    // Converge again and let everything queued run out, so that only the Secret's
+    // change can trigger the next reconcile.
+    s.mark_statefulset_ready(name).await?;
+    s.wait_server("Ready again with the new hash", name, |o| {
+        o.data["status"]["configHash"] == second.as_str()
+            && condition_state(o, "Ready") == Some(("True".into(), "AllConditionsMet".into()))
+    })
+    .await?;
+    s.touch_and_reconcile(name, "settle").await?;
+    s.touch_and_reconcile(name, "settled").await?;
+
     let generation = s.server(name).await?.context("gone")?.metadata.generation;
     let config_version = config.resource_version();
     s.put_secret("jwt", &[("secret", "second-signing-key")]).await?;
@@ -429,30 +440,16 @@ async fn a_converged_server_is_never_written() -> Result<()> {
     )
     .await?;
     let op = s.operator()?;
-    let s = &s;
-    // Changes an annotation of the primary (a reconcile without a new generation),
-    // waits for a successful reconcile after it, and returns the resourceVersion the
-    // change gave the primary.
-    let touch_and_reconcile = |what: &'static str| async move {
-        let before = op.metrics().await?.reconciles("success");
-        let written = s.touch(name, what).await?.resource_version();
-        wait_until(format!("a reconcile after touching {what}"), DEFAULT_TIMEOUT, || async move {
-            Ok((op.metrics().await?.reconciles("success") > before).then_some(()))
-        })
-        .await
-        .with_context(|| s.diagnosis(name))?;
-        anyhow::Ok(written)
-    };
     // Settle: whatever the convergence queued runs out first.
-    touch_and_reconcile("settle").await?;
+    s.touch_and_reconcile(name, "settle").await?;
 
     let writes = op.metrics().await?.writes();
-    let versions_before = versions(s, name).await?;
+    let versions_before = versions(&s, name).await?;
     let status_before = s.server(name).await?.context("gone")?.data["status"].clone();
     for what in ["one", "two", "three"] {
-        touch_and_reconcile(what).await?;
+        s.touch_and_reconcile(name, what).await?;
     }
-    let last_touch = touch_and_reconcile("four").await?;
+    let last_touch = s.touch_and_reconcile(name, "four").await?;
 
     let metrics = op.metrics().await?;
     ensure!(
@@ -461,7 +458,7 @@ async fn a_converged_server_is_never_written() -> Result<()> {
         metrics.writes(),
         metrics.samples().iter().filter(|(k, _)| k.starts_with("wasm_operator_writes")).collect::<Vec<_>>()
     );
-    ensure!(versions(s, name).await? == versions_before, "an owned object changed");
+    ensure!(versions(&s, name).await? == versions_before, "an owned object changed");
     let server = s.server(name).await?.context("gone")?;
     ensure!(server.data["status"] == status_before, "the status changed: {}", server.data["status"]);
     ensure!(
