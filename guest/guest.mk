@@ -23,7 +23,7 @@ wasm: ## Build the plain ABI v1 module into target/modules/dittofs-reconciler.wa
 	@echo "$(GUEST_MODULE): $$(wc -c < $(GUEST_MODULE)) bytes"
 
 # The js build is not stripped: wasm-bindgen reads its target_features section.
-wasm-js: wasm-bindgen-cli ## Build the wasm-bindgen variant (feature js) for Node into target/modules/js/
+wasm-js: wasm wasm-bindgen-cli ## Build the wasm-bindgen variant (feature js) for Node into target/modules/js/
 	CARGO_PROFILE_WASM_STRIP=false $(CARGO) build -p dittofs-reconciler --lib --target $(GUEST_WASM_TARGET) --profile wasm --features js
 	$(WASM_BINDGEN) --target nodejs --out-dir $(GUEST_MODULE_JS) $(GUEST_WASM_OUT)
 

@@ -1,6 +1,7 @@
 //! How long one reconcile takes, natively and as the host calls the built module
 //! (fresh instance from an `InstancePre`, copy in, reconcile, copy out), on the
-//! converged golden snapshots. `cargo bench -p dittofs-reconciler` (after `make wasm`).
+//! converged golden snapshots. `cargo bench -p dittofs-reconciler` (after `make wasm`;
+//! `DITTOFS_MODULE=path.wasm` benchmarks another build).
 #![cfg_attr(target_arch = "wasm32", allow(missing_docs))]
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -8,7 +9,10 @@ mod bench {
     use std::path::PathBuf;
 
     use criterion::Criterion;
-    use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store};
+    use wasmtime::{
+        Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig,
+        Store,
+    };
 
     fn golden(name: &str) -> Vec<u8> {
         let path =
@@ -39,13 +43,24 @@ mod bench {
                 b.iter(|| reconcile_sdk::run_json_raw(&input, dittofs_reconciler::reconcile_raw))
             });
         }
-        let path =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/modules/dittofs-reconciler.wasm");
+        let path = std::env::var_os("DITTOFS_MODULE").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/modules/dittofs-reconciler.wasm")
+        });
         let Ok(bytes) = std::fs::read(&path) else {
             eprintln!("{} missing: run `make wasm` for the wasm benchmarks", path.display());
             return;
         };
-        let engine = Engine::new(&Config::new()).expect("engine");
+        // As the host configures it: pooled instances, copy-on-write initial memory,
+        // and (where the kernel has PAGEMAP_SCAN) dirtied pages reset in place.
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(4).total_memories(4).total_tables(4).total_component_instances(0);
+        pool.max_memory_size(64 << 20);
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(2 << 20);
+        }
+        let mut config = Config::new();
+        config.memory_init_cow(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).expect("engine");
         let module = Module::new(&engine, bytes).expect("compiles");
         let pre = Linker::new(&engine).instantiate_pre(&module).expect("links");
         for name in ["converged", "converged-large"] {
