@@ -1,7 +1,7 @@
 //! The DittoFS reconcile module: the `DittoServer` API and a pure reconcile function,
 //! exported under ABI v1 (see DESIGN.md §3) for the generic `wasm-operator` host.
 //!
-//! [`reconcile`] takes a snapshot of what the cluster holds (the DittoServer, the
+//! [`reconcile()`] takes a snapshot of what the cluster holds (the DittoServer, the
 //! objects it owns, the digests of the Secrets it references, the time) and returns
 //! the actions that bring the cluster to the desired state. It does no I/O, reads no
 //! clock and uses no randomness, so the same snapshot always gives the same outcome,
@@ -13,7 +13,7 @@
 //! is written.
 //!
 //! What a DittoServer becomes:
-//! - the finalizer, before anything else ([`reconcile::reconcile`]);
+//! - the finalizer, before anything else ([`mod@reconcile`]);
 //! - ConfigMap `<name>-config` ([`config`], [`objects::configmap`]), Services
 //!   ([`objects::services`]), StatefulSet `<name>` ([`objects::statefulset`]) and,
 //!   with Percona, a PerconaPGCluster `<name>-postgres` ([`objects::percona`]);
@@ -22,6 +22,10 @@
 //!
 //! Bad input never traps: it becomes an error outcome that names the problem, or,
 //! for a spec that decodes but cannot work ([`validate`]), phase Failed.
+//!
+//! The exports run [`reconcile_raw`], which reads the snapshot's owned objects
+//! without building a JSON tree of each ([`input`], [`meta::Related`]);
+//! [`reconcile()`] takes the SDK's owned `Snapshot` and gives the same outcome.
 #![forbid(unsafe_code)]
 
 pub mod api;
