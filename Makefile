@@ -26,10 +26,11 @@ build: toolchain wasm ## Build the module and the host (release)
 	$(CARGO) build --release -p wasm-operator
 
 .PHONY: lint
-lint: toolchain ## rustfmt check and clippy -D warnings, native and wasm32
+lint: toolchain ## rustfmt check and clippy -D warnings: the workspace natively, the modules for wasm32 (plain and js)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p reconcile-sdk -p dittofs-reconciler --lib --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy -p reconcile-sdk -p dittofs-reconciler -p configmap-mirror --all-targets --target wasm32-unknown-unknown -- -D warnings
+	$(CARGO) clippy -p reconcile-sdk -p dittofs-reconciler --all-targets --target wasm32-unknown-unknown --features dittofs-reconciler/js -- -D warnings
 
 ##@ Run and test
 .PHONY: run
