@@ -174,7 +174,12 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
         actions.push(Action::PatchStatus { status: serde_json::to_value(&status)? });
     }
     actions.append(&mut cluster_actions);
-    Ok(Outcome::actions(actions))
+    // Every Secret the config hash covers, so that the host watches them for us.
+    Ok(Outcome::Actions {
+        actions,
+        requires: secrets::requirements(&secret_names),
+        requeue_after_seconds: None,
+    })
 }
 
 /// Decodes `spec`, naming the field that does not decode.

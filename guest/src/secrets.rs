@@ -34,11 +34,22 @@ pub fn referenced(name: &str, spec: &DittoServerSpec) -> Vec<String> {
     secrets
 }
 
-/// The Secrets among `names` that `required` does not answer yet.
-pub fn missing(names: &[String], required: &[RequiredObject]) -> Vec<Requirement> {
+/// A requirement for each Secret of `names`.
+///
+/// The final outcome lists them all, answered or not: the host remembers a primary's
+/// requirements from its last outcome and reconciles it again when one of them
+/// changes, which is how a rotated Secret rolls the pod.
+pub fn requirements(names: &[String]) -> Vec<Requirement> {
     names
         .iter()
         .map(|name| Requirement { api_version: "v1".into(), kind: "Secret".into(), name: name.clone() })
+        .collect()
+}
+
+/// The Secrets among `names` that `required` does not answer yet.
+pub fn missing(names: &[String], required: &[RequiredObject]) -> Vec<Requirement> {
+    requirements(names)
+        .into_iter()
         .filter(|requirement| !required.iter().any(|answer| answer.answers(requirement)))
         .collect()
 }

@@ -206,7 +206,7 @@ fn large_input_and_bad_buffers_give_outcomes_not_traps() {
     assert!(input.len() > 3_000_000);
     let output = Guest::new(&engine, &module).reconcile(&input);
     assert_eq!(output, reconcile_sdk::run_json(&input, dittofs_reconciler::reconcile));
-    assert_eq!(output, r#"{"actions":[]}"#);
+    assert!(output.starts_with(r#"{"actions":[],"#), "converged: no action; {output}");
 
     // A buffer outside linear memory: an error outcome, no trap.
     let mut guest = Guest::new(&engine, &module);
