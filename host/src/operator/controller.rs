@@ -333,7 +333,7 @@ impl Controller {
                     }
                     Err(err) => {
                         self.metrics.action(action.op(), "error");
-                        return self.fail(key, error_chain(&err), true);
+                        return self.fail_batch(key, error_chain(&err), requeue);
                     }
                 }
             }
@@ -368,6 +368,15 @@ impl Controller {
     fn fail(&self, key: &ObjectKey, message: String, retry: bool) -> Verdict {
         let delay = self.failures().failed(key, message.clone());
         Verdict::Failed { message, retry: retry.then_some(delay) }
+    }
+
+    /// A failed action: retried with backoff, but never later than the module asked
+    /// to look again (a module retrying a cleanup every 5 s is retried every 5 s at
+    /// most, however long it has been failing).
+    fn fail_batch(&self, key: &ObjectKey, message: String, requeue: Option<Duration>) -> Verdict {
+        let delay = self.failures().failed(key, message.clone());
+        let delay = requeue.map_or(delay, |asked| delay.min(asked));
+        Verdict::Failed { message, retry: Some(delay) }
     }
 
     async fn reject(

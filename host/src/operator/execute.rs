@@ -254,8 +254,10 @@ impl Executor {
         match api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
             Ok(object) => Ok(object),
             // 422: a `test` failed (the list changed, or the object was re-created
-            // under another uid); 409: a conflicting write.
-            Err(err) if matches!(status_code(&err), Some(409 | 422)) => {
+            // under another uid); 409: a conflicting write; 404: the object went
+            // away since the cache saw it. Each means "decide again on a fresh read",
+            // which for a deleted primary ends the reconcile as gone, not failed.
+            Err(err) if matches!(status_code(&err), Some(404 | 409 | 422)) => {
                 Err(ActionError::Conflict { op, message: err.to_string() })
             }
             Err(source) => Err(ActionError::Api { op, target: target.to_owned(), source }),
