@@ -21,6 +21,7 @@
 mod operator_support;
 
 use anyhow::{Context as _, Result, bail};
+use e2e::build::build_command;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -47,34 +48,6 @@ const CONFIGMAP: &str = "module";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A build command without the variables cargo sets for the running test (some build
-/// scripts watch them, and seeing the test's values would rebuild every time).
-fn build_command(program: &str) -> Command {
-    let mut command = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if key.starts_with("CARGO_PKG_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "MAKEFLAGS"
-                    | "MFLAGS"
-                    | "MAKELEVEL"
-            )
-        {
-            command.env_remove(key);
-        }
-    }
-    command.current_dir(repo_root());
-    command
 }
 
 fn run_build(mut command: Command, what: &str) -> std::result::Result<(), String> {

@@ -22,6 +22,7 @@ use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use crate::Cluster;
+use crate::build::build_command;
 use crate::cluster::repo_root;
 use crate::objects::parse_yaml;
 use crate::operator::{artifact_dir, artifacts};
@@ -321,34 +322,6 @@ pub fn make(target: &str, variables: &[String]) -> Result<()> {
         bail!("make {target} failed ({status}); its output is above");
     }
     Ok(())
-}
-
-/// A command for `make` or a built tool, without the variables cargo and make set
-/// for the running test (seeing them, nested builds would rebuild needlessly).
-fn build_command(program: impl AsRef<OsStr>) -> Command {
-    let mut command = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let set_for_tests = key.starts_with("CARGO_PKG_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "MAKEFLAGS"
-                    | "MFLAGS"
-                    | "MAKELEVEL"
-            );
-        if set_for_tests {
-            command.env_remove(key);
-        }
-    }
-    command.current_dir(repo_root()).stdin(Stdio::null()).stdout(std::io::stderr());
-    command
 }
 
 /// `target/e2e/<namespace>/`, for kubeconfigs and logs.

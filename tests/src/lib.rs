@@ -15,6 +15,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod cluster;
 pub mod converge;
 pub mod crds;

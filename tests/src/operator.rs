@@ -29,6 +29,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::OnceCell;
 
+use crate::build::build_command;
 use crate::cluster::{Cluster, repo_root};
 use crate::wait::{DEFAULT_TIMEOUT, wait_until};
 
@@ -73,35 +74,6 @@ fn profile_dir() -> Result<PathBuf> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .ok_or_else(|| anyhow!("unexpected test binary path {}", exe.display()))
-}
-
-/// A command for a build tool, without the variables cargo sets for a running test:
-/// some build scripts (ring's) watch `CARGO_MANIFEST_DIR`, and seeing the test's
-/// value would make the nested build recompile the host every time.
-fn build_command(program: &str) -> Command {
-    let mut command = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        let set_for_tests = key.starts_with("CARGO_PKG_")
-            || matches!(
-                key,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_RUSTC_CURRENT_DIR"
-                    | "MAKEFLAGS"
-                    | "MFLAGS"
-                    | "MAKELEVEL"
-            );
-        if set_for_tests {
-            command.env_remove(key);
-        }
-    }
-    command.current_dir(repo_root()).stdin(Stdio::null()).stdout(std::io::stderr());
-    command
 }
 
 fn run_build(mut command: Command, what: &str) -> Result<()> {
