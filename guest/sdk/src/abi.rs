@@ -87,23 +87,27 @@ pub struct Snapshot {
     pub last_failure: Option<LastFailure>,
 }
 
-/// A [`Snapshot`] whose objects are left unparsed, borrowed from the input: a module
-/// that reads a few fields of each object decodes just those, instead of building a
-/// tree of every object first. Same wire format as [`Snapshot`].
+/// A [`Snapshot`] whose `object` and `related` entries the module decodes as its own
+/// types `O` and `R`, straight from the input in one pass: a module that reads a few
+/// fields of each object decodes just those (borrowing strings from the input)
+/// instead of building a tree of every object first. Same wire format as [`Snapshot`].
+///
+/// `O` and `R` should accept any JSON value (deserialize leniently, ignoring fields
+/// they do not read): an entry they reject makes the whole snapshot invalid.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RawSnapshot<'a> {
+#[serde(bound(deserialize = "O: Deserialize<'de>, R: Deserialize<'de>"))]
+pub struct SnapshotOf<'a, O, R> {
     /// Always [`ABI_VERSION`].
     pub abi: u32,
     /// The host's clock as RFC 3339 UTC.
     #[serde(borrow)]
     pub now: std::borrow::Cow<'a, str>,
-    /// The primary object, as JSON text.
-    #[serde(borrow)]
-    pub object: &'a serde_json::value::RawValue,
-    /// Every object of a related kind associated with the primary, as JSON text.
-    #[serde(borrow, default)]
-    pub related: Vec<&'a serde_json::value::RawValue>,
+    /// The primary object.
+    pub object: O,
+    /// Every object of a related kind associated with the primary.
+    #[serde(default = "Vec::new")]
+    pub related: Vec<R>,
     /// Answers to the previous outcome's `requires`.
     #[serde(default)]
     pub required: Vec<RequiredObject>,
@@ -111,6 +115,10 @@ pub struct RawSnapshot<'a> {
     #[serde(default)]
     pub last_failure: Option<LastFailure>,
 }
+
+/// A [`SnapshotOf`] whose objects are left unparsed, as JSON text borrowed from the
+/// input, for the module to decode when and as it needs.
+pub type RawSnapshot<'a> = SnapshotOf<'a, &'a serde_json::value::RawValue, &'a serde_json::value::RawValue>;
 
 /// An object the module asked for by name, and what the host found.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -45,9 +45,11 @@ mod run;
 
 pub use abi::{
     ABI_VERSION, Action, EventType, KindRef, LastFailure, Manifest, ModuleError, Outcome, PropagationPolicy,
-    RawSnapshot, RequiredObject, Requirement, Snapshot,
+    RawSnapshot, RequiredObject, Requirement, Snapshot, SnapshotOf,
 };
-pub use run::{SnapshotError, decode_raw_snapshot, decode_snapshot, manifest_json, run_json, run_json_raw};
+pub use run::{
+    SnapshotError, decode_raw_snapshot, decode_snapshot, decode_snapshot_of, manifest_json, run_json, run_json_raw,
+};
 
 /// With feature `bump-alloc`, the plain wasm32 build of a module allocates with a bump
 /// allocator: each call runs in a fresh instance, so freeing is wasted work.
@@ -66,8 +68,9 @@ pub mod __private {
 /// `manifest` is a `fn() -> Manifest`, `reconcile` a `fn(Snapshot) -> Outcome`. Use
 /// it once, at the root of a `cdylib` crate.
 ///
-/// A module that reads the snapshot's objects lazily passes `reconcile_raw`, a
-/// `fn(RawSnapshot) -> Outcome`, instead of `reconcile`: same exports, same ABI.
+/// A module that decodes the snapshot's objects itself passes `reconcile_raw`, a
+/// `fn(RawSnapshot) -> Outcome` or, to decode them as its own types in one pass, a
+/// `fn(SnapshotOf<O, R>) -> Outcome`, instead of `reconcile`: same exports, same ABI.
 #[macro_export]
 macro_rules! export_module {
     (manifest = $manifest:path, reconcile = $reconcile:path $(,)?) => {

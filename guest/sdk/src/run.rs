@@ -5,7 +5,7 @@
 //! input. Input that is not a valid ABI v1 snapshot becomes an error [`Outcome`] that
 //! names the problem; nothing here panics on bad input.
 
-use crate::abi::{ABI_VERSION, Manifest, Outcome, RawSnapshot, Snapshot};
+use crate::abi::{ABI_VERSION, Manifest, Outcome, RawSnapshot, Snapshot, SnapshotOf};
 use serde::Deserialize;
 use serde_json::error::Category;
 
@@ -56,16 +56,26 @@ pub fn decode_snapshot(input: &[u8]) -> Result<Snapshot, SnapshotError> {
 /// `related` stay borrowed, unparsed JSON ([`RawSnapshot`]). Errors are the same as
 /// [`decode_snapshot`]'s for the same input.
 pub fn decode_raw_snapshot(input: &[u8]) -> Result<RawSnapshot<'_>, SnapshotError> {
-    match serde_json::from_slice::<RawSnapshot<'_>>(input) {
+    decode_snapshot_of(input)
+}
+
+/// Decodes an ABI v1 snapshot whose objects decode as the module's own types
+/// ([`SnapshotOf`]), in one pass over the input. Malformed JSON and a wrong ABI
+/// version give the same errors as [`decode_snapshot`]; a document that is an ABI v1
+/// snapshot but whose objects `O` or `R` reject gives [`SnapshotError::Invalid`].
+pub fn decode_snapshot_of<'a, O, R>(input: &'a [u8]) -> Result<SnapshotOf<'a, O, R>, SnapshotError>
+where
+    O: Deserialize<'a>,
+    R: Deserialize<'a>,
+{
+    match serde_json::from_slice::<SnapshotOf<'a, O, R>>(input) {
         Ok(snapshot) if snapshot.abi == ABI_VERSION => Ok(snapshot),
         Ok(snapshot) => Err(SnapshotError::WrongAbi { found: snapshot.abi.into() }),
-        // Same classification as `decode_snapshot`, from the owned decoder's error:
-        // both decoders accept and reject the same documents.
-        Err(_) => match decode_snapshot(input) {
+        // Classified as `decode_snapshot` does, so that every decoder accepts and
+        // rejects the same documents for the same reasons.
+        Err(typed) => match decode_snapshot(input) {
             Err(err) => Err(err),
-            Ok(_) => Err(SnapshotError::Invalid(serde::de::Error::custom(
-                "snapshot decodes, but not without copying its objects",
-            ))),
+            Ok(_) => Err(SnapshotError::Invalid(typed)),
         },
     }
 }
@@ -82,10 +92,14 @@ pub fn run_json(input: &[u8], reconcile: fn(Snapshot) -> Outcome) -> String {
     encode(&outcome)
 }
 
-/// [`run_json`] for modules that read the snapshot's objects lazily
-/// ([`RawSnapshot`]): same errors, same encoding.
-pub fn run_json_raw(input: &[u8], reconcile: fn(RawSnapshot<'_>) -> Outcome) -> String {
-    let outcome = match decode_raw_snapshot(input) {
+/// [`run_json`] for modules that decode the snapshot's objects themselves
+/// ([`RawSnapshot`], or any [`SnapshotOf`]): same errors, same encoding.
+pub fn run_json_raw<'a, O, R>(input: &'a [u8], reconcile: impl FnOnce(SnapshotOf<'a, O, R>) -> Outcome) -> String
+where
+    O: Deserialize<'a>,
+    R: Deserialize<'a>,
+{
+    let outcome = match decode_snapshot_of(input) {
         Ok(snapshot) => reconcile(snapshot),
         Err(err) => Outcome::error(err.to_string(), false),
     };
@@ -152,6 +166,32 @@ mod tests {
         for input in inputs {
             assert_eq!(run_json_raw(input.as_bytes(), echo_raw), run(input), "{input}");
         }
+    }
+
+    #[test]
+    fn objects_decode_as_the_module_types_in_one_pass() {
+        #[derive(Debug, Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow)]
+            name: &'a str,
+        }
+        let input = br#"{"abi":1,"now":"x","object":{"name":"p","x":[1]},"related":[{"name":"a"},{"name":"b"}]}"#;
+        let snapshot = decode_snapshot_of::<Name<'_>, Name<'_>>(input).expect("decodes");
+        assert_eq!(snapshot.object.name, "p");
+        let names: Vec<&str> = snapshot.related.iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a", "b"]);
+
+        // A valid ABI v1 snapshot whose objects the module's types reject is invalid,
+        // with serde's reason; other errors are classified as for any decoder.
+        let rejected = br#"{"abi":1,"now":"x","object":{"name":7}}"#;
+        let err = decode_snapshot_of::<Name<'_>, Name<'_>>(rejected).expect_err("rejected");
+        assert!(matches!(err, SnapshotError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("invalid type: integer `7`"), "{err}");
+        let wrong_abi = br#"{"abi":2,"now":"x","object":{"name":7}}"#;
+        let err = decode_snapshot_of::<Name<'_>, Name<'_>>(wrong_abi).expect_err("rejected");
+        assert!(matches!(err, SnapshotError::WrongAbi { found: 2 }), "{err}");
+        let err = decode_snapshot_of::<Name<'_>, Name<'_>>(b"{").expect_err("rejected");
+        assert!(matches!(err, SnapshotError::NotJson(_)), "{err}");
     }
 
     #[test]
