@@ -15,6 +15,7 @@
 //! still be deleted, and then keeps its database (the safe default).
 
 use reconcile_sdk::{Action, EventType, Outcome, PropagationPolicy};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ReconcileError;
@@ -48,7 +49,7 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
         // failing events API) keeps the object in Terminating.
         let mut message =
             format!("cleanup did not finish within {CLEANUP_TIMEOUT_SECONDS}s; finalizer removed");
-        if let Some(failure) = snapshot.last_failure {
+        if let Some(failure) = &snapshot.last_failure {
             message.push_str(&format!(" (last failure: {})", failure.message));
         }
         return Ok(Outcome::actions(vec![
@@ -57,9 +58,12 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
         ]));
     }
 
+    // Read as trees here, leniently: whatever they hold, deletion goes on.
+    let status = tree(snapshot.object.status);
+    let spec = tree(snapshot.object.spec);
     let mut actions = Vec::new();
-    if str_at(&snapshot.object, &["status", "phase"]) != Some("Deleting") {
-        actions.push(Action::PatchStatus { status: deleting_status(&snapshot.object) });
+    if str_at(&status, &["phase"]) != Some("Deleting") {
+        actions.push(Action::PatchStatus { status: deleting_status(status) });
         actions.push(event(
             EventType::Normal,
             "Deleting",
@@ -71,7 +75,7 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
     let cluster = snapshot.related.find(PERCONA_API_VERSION, PERCONA_KIND, &cluster_name);
     if cluster.is_some() {
         let flag =
-            |field| at(&snapshot.object, &["spec", "percona", field]).and_then(Value::as_bool) == Some(true);
+            |field| at(&spec, &["percona", field]).and_then(Value::as_bool) == Some(true);
         if flag("enabled") && flag("deleteWithServer") {
             actions.push(Action::Delete {
                 api_version: PERCONA_API_VERSION.into(),
@@ -102,9 +106,17 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
     })
 }
 
+/// A part of the primary as a JSON tree (`null` when absent).
+fn tree(part: Option<&RawValue>) -> Value {
+    part.and_then(|raw| serde_json::from_str(raw.get()).ok()).unwrap_or_default()
+}
+
 /// The observed status, whatever it holds, with phase `Deleting`.
-fn deleting_status(object: &Value) -> Value {
-    let mut status = object.get("status").and_then(Value::as_object).cloned().unwrap_or_else(Map::new);
+fn deleting_status(status: Value) -> Value {
+    let mut status = match status {
+        Value::Object(status) => status,
+        _ => Map::new(),
+    };
     status.insert("phase".into(), "Deleting".into());
     Value::Object(status)
 }

@@ -23,8 +23,8 @@
 //! Bad input never traps: it becomes an error outcome that names the problem, or,
 //! for a spec that decodes but cannot work ([`validate`]), phase Failed.
 //!
-//! The exports run [`reconcile_raw`], which reads the snapshot's owned objects
-//! without building a JSON tree of each ([`input`], [`meta::Related`]);
+//! The exports run [`reconcile_raw`], which decodes the snapshot in one pass and
+//! builds nothing it does not read ([`input`], [`meta::Related`], [`lenient`]);
 //! [`reconcile()`] takes the SDK's owned `Snapshot` and gives the same outcome.
 #![forbid(unsafe_code)]
 
@@ -36,6 +36,7 @@ pub mod deletion;
 pub mod error;
 pub mod hash;
 pub mod input;
+pub mod lenient;
 pub mod manifest;
 pub mod meta;
 pub mod names;

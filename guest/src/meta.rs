@@ -12,6 +12,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::ReconcileError;
+use crate::lenient;
 use crate::names::FINALIZER;
 
 /// The primary's metadata, as the module needs it.
@@ -31,173 +32,233 @@ pub struct Primary<'a> {
     pub has_finalizer: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawMeta<'a> {
-    #[serde(borrow, default)]
-    name: Option<&'a str>,
-    #[serde(borrow, default)]
-    namespace: Option<&'a str>,
-    #[serde(borrow, default)]
-    uid: Option<&'a str>,
-    #[serde(default)]
+/// The primary's metadata as decoded from the snapshot. [`PrimaryMeta::primary`]
+/// gives the checked [`Primary`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryMeta {
+    name: String,
+    namespace: String,
+    uid: String,
     generation: Option<i64>,
-    #[serde(borrow, default)]
-    deletion_timestamp: Option<&'a str>,
-    #[serde(borrow, default)]
-    finalizers: Option<Vec<&'a str>>,
+    deletion_timestamp: Option<String>,
+    has_finalizer: bool,
 }
 
-impl<'a> Primary<'a> {
-    /// Reads the primary's metadata from the snapshot's `object`.
-    pub fn read(object: &'a Value) -> Result<Self, ReconcileError> {
-        let metadata = object.get("metadata").ok_or(ReconcileError::MissingField("metadata"))?;
-        let raw: RawMeta<'a> = serde_path_to_error::deserialize(metadata).map_err(|err| {
-            ReconcileError::InvalidObject(format!("metadata.{} does not decode: {}", err.path(), err.inner()))
-        })?;
-        let name = raw.name.filter(|n| !n.is_empty()).ok_or(ReconcileError::MissingField("metadata.name"))?;
-        let namespace = raw
-            .namespace
-            .filter(|n| !n.is_empty())
-            .ok_or(ReconcileError::MissingField("metadata.namespace"))?;
-        let uid = raw.uid.filter(|n| !n.is_empty()).ok_or(ReconcileError::MissingField("metadata.uid"))?;
-        Ok(Primary {
-            name,
-            namespace,
-            uid,
-            generation: raw.generation,
-            deletion_timestamp: raw.deletion_timestamp,
-            has_finalizer: raw.finalizers.unwrap_or_default().contains(&FINALIZER),
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WirePrimaryMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    generation: Option<i64>,
+    #[serde(default)]
+    deletion_timestamp: Option<String>,
+    #[serde(default)]
+    finalizers: Option<Vec<String>>,
+}
+
+impl PrimaryMeta {
+    /// Decodes the primary's `metadata`, naming the field that is missing or does not
+    /// decode.
+    pub fn read(metadata: Option<&RawValue>) -> Result<Self, ReconcileError> {
+        let metadata = metadata.ok_or(ReconcileError::MissingField("metadata"))?;
+        let wire: WirePrimaryMeta = serde_json::from_str(metadata.get())
+            .map_err(|_| ReconcileError::undecodable::<WirePrimaryMeta>("metadata", metadata.get()))?;
+        let required = |value: Option<String>, field| {
+            value.filter(|v| !v.is_empty()).ok_or(ReconcileError::MissingField(field))
+        };
+        Ok(PrimaryMeta {
+            name: required(wire.name, "metadata.name")?,
+            namespace: required(wire.namespace, "metadata.namespace")?,
+            uid: required(wire.uid, "metadata.uid")?,
+            generation: wire.generation,
+            deletion_timestamp: wire.deletion_timestamp,
+            has_finalizer: wire.finalizers.unwrap_or_default().iter().any(|f| f == FINALIZER),
         })
+    }
+
+    /// The metadata as the reconcile reads it.
+    pub fn primary(&self) -> Primary<'_> {
+        Primary {
+            name: &self.name,
+            namespace: &self.namespace,
+            uid: &self.uid,
+            generation: self.generation,
+            deletion_timestamp: self.deletion_timestamp.as_deref(),
+            has_finalizer: self.has_finalizer,
+        }
     }
 }
 
 /// What the module reads of an owned object the host observed: identity, the
-/// applied hash, owner references, and the status fields it decides on. Decoded
-/// straight from the snapshot's JSON, borrowing its strings and skipping the rest
-/// (managedFields, defaults, most of the spec) without building anything.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// applied hash, owner references, and the status fields it decides on.
+///
+/// Decoded straight from the snapshot, in the same pass that reads the snapshot
+/// itself: strings are borrowed from the input, and everything else (managedFields,
+/// defaults, most of the spec) is skipped without being built. Every field is read
+/// leniently ([`crate::lenient`]): one of an unexpected type reads as absent, and the
+/// rest of the object still counts (so that, say, a Percona cluster with an odd
+/// status is never taken for missing and created again).
+#[derive(Debug, Default)]
 pub struct Related<'a> {
     /// `apiVersion`.
-    #[serde(borrow, default)]
     pub api_version: Cow<'a, str>,
     /// `kind`.
-    #[serde(borrow, default)]
     pub kind: Cow<'a, str>,
-    /// `metadata`.
-    #[serde(borrow, default)]
-    pub metadata: RelatedMeta<'a>,
-    /// `spec`, unparsed (read for StatefulSet claims and to adopt a Percona cluster).
-    #[serde(borrow, default)]
-    pub spec: Option<&'a RawValue>,
-    /// `status`.
-    #[serde(borrow, default)]
-    pub status: RelatedStatus<'a>,
-}
-
-/// The metadata of an observed object.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RelatedMeta<'a> {
     /// `metadata.name`.
-    #[serde(borrow, default)]
     pub name: Cow<'a, str>,
     /// `metadata.generation`.
-    #[serde(default)]
     pub generation: Option<i64>,
-    /// The module's annotation, if present.
-    #[serde(borrow, default)]
-    pub annotations: Option<AppliedHash<'a>>,
+    /// The module's annotation ([`crate::names::APPLIED_HASH_ANNOTATION`]).
+    pub applied_hash: Option<Cow<'a, str>>,
     /// The uids the object's owner references point to.
-    #[serde(borrow, default)]
-    pub owner_references: Option<Vec<OwnerUid<'a>>>,
-}
-
-/// The module's annotation on an owned object.
-#[derive(Debug, Default, Deserialize)]
-pub struct AppliedHash<'a> {
-    /// [`crate::names::APPLIED_HASH_ANNOTATION`].
-    #[serde(borrow, default, rename = "dittofs.dittofs.com/applied-hash")]
-    pub hash: Option<Cow<'a, str>>,
-}
-
-/// The uid of an owner reference.
-#[derive(Debug, Default, Deserialize)]
-pub struct OwnerUid<'a> {
-    /// The owner's uid.
-    #[serde(borrow, default)]
-    pub uid: Cow<'a, str>,
+    pub owner_uids: Vec<Cow<'a, str>>,
+    /// `spec`, unparsed (read for StatefulSet claims and to adopt a Percona cluster).
+    pub spec: Option<&'a RawValue>,
+    /// `status`.
+    pub status: RelatedStatus<'a>,
 }
 
 /// The status fields the module reads (StatefulSet counts and revisions, the
 /// Percona cluster's `state`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RelatedStatus<'a> {
     /// `observedGeneration`.
-    #[serde(default)]
     pub observed_generation: Option<i64>,
     /// `replicas`.
-    #[serde(default)]
     pub replicas: Option<i64>,
     /// `readyReplicas`.
-    #[serde(default)]
     pub ready_replicas: Option<i64>,
     /// `availableReplicas`.
-    #[serde(default)]
     pub available_replicas: Option<i64>,
     /// `currentRevision`.
-    #[serde(borrow, default)]
     pub current_revision: Option<Cow<'a, str>>,
     /// `updateRevision`.
-    #[serde(borrow, default)]
     pub update_revision: Option<Cow<'a, str>>,
     /// `state` (PerconaPGCluster).
-    #[serde(borrow, default)]
     pub state: Option<Cow<'a, str>>,
 }
 
-impl Related<'_> {
-    /// Decodes one observed object. One whose fields have unexpected types is still
-    /// known by its identity (so that, say, a Percona cluster is never taken for
-    /// missing and created again); `None` for one without even that.
-    pub fn read(raw: &RawValue) -> Option<Related<'_>> {
-        if let Ok(related) = serde_json::from_str(raw.get()) {
-            return Some(related);
+/// The JSON shape of an observed object, as far as the module reads it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireObject<'a> {
+    #[serde(borrow, default)]
+    api_version: lenient::Str<'a>,
+    #[serde(borrow, default)]
+    kind: lenient::Str<'a>,
+    #[serde(borrow, default)]
+    metadata: lenient::Object<WireMeta<'a>>,
+    #[serde(borrow, default)]
+    spec: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: lenient::Object<WireStatus<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireMeta<'a> {
+    #[serde(borrow, default)]
+    name: lenient::Str<'a>,
+    #[serde(default)]
+    generation: lenient::Int,
+    #[serde(borrow, default)]
+    annotations: lenient::Object<WireAnnotations<'a>>,
+    #[serde(borrow, default)]
+    owner_references: lenient::List<lenient::Object<WireOwner<'a>>>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireAnnotations<'a> {
+    #[serde(borrow, default, rename = "dittofs.dittofs.com/applied-hash")]
+    applied_hash: lenient::Str<'a>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireOwner<'a> {
+    #[serde(borrow, default)]
+    uid: lenient::Str<'a>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireStatus<'a> {
+    #[serde(default)]
+    observed_generation: lenient::Int,
+    #[serde(default)]
+    replicas: lenient::Int,
+    #[serde(default)]
+    ready_replicas: lenient::Int,
+    #[serde(default)]
+    available_replicas: lenient::Int,
+    #[serde(borrow, default)]
+    current_revision: lenient::Str<'a>,
+    #[serde(borrow, default)]
+    update_revision: lenient::Str<'a>,
+    #[serde(borrow, default)]
+    state: lenient::Str<'a>,
+}
+
+/// One entry of the snapshot's `related` list: the object, or `None` for an entry
+/// that is not a JSON object.
+#[derive(Debug, Default)]
+pub struct RelatedEntry<'a>(pub Option<Related<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RelatedEntry<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let lenient::Object(wire) = lenient::Object::<WireObject<'a>>::deserialize(deserializer)?;
+        Ok(RelatedEntry(wire.map(Related::from_wire)))
+    }
+}
+
+impl<'a> Related<'a> {
+    fn from_wire(wire: WireObject<'a>) -> Self {
+        let metadata = wire.metadata.0.unwrap_or_default();
+        let status = wire.status.0.unwrap_or_default();
+        Related {
+            api_version: wire.api_version.0.unwrap_or_default(),
+            kind: wire.kind.0.unwrap_or_default(),
+            name: metadata.name.0.unwrap_or_default(),
+            generation: metadata.generation.0,
+            applied_hash: metadata.annotations.0.and_then(|annotations| annotations.applied_hash.0),
+            owner_uids: metadata
+                .owner_references
+                .0
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|owner| owner.0?.uid.0)
+                .collect(),
+            spec: wire.spec,
+            status: RelatedStatus {
+                observed_generation: status.observed_generation.0,
+                replicas: status.replicas.0,
+                ready_replicas: status.ready_replicas.0,
+                available_replicas: status.available_replicas.0,
+                current_revision: status.current_revision.0,
+                update_revision: status.update_revision.0,
+                state: status.state.0,
+            },
         }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Identity<'a> {
-            #[serde(borrow)]
-            api_version: Cow<'a, str>,
-            #[serde(borrow)]
-            kind: Cow<'a, str>,
-            #[serde(borrow)]
-            metadata: Name<'a>,
-        }
-        #[derive(Deserialize)]
-        struct Name<'a> {
-            #[serde(borrow)]
-            name: Cow<'a, str>,
-        }
-        let identity: Identity<'_> = serde_json::from_str(raw.get()).ok()?;
-        Some(Related {
-            api_version: identity.api_version,
-            kind: identity.kind,
-            metadata: RelatedMeta { name: identity.metadata.name, ..RelatedMeta::default() },
-            ..Related::default()
-        })
+    }
+
+    /// Decodes one observed object on its own (tests and tools; the snapshot's
+    /// `related` list decodes as [`RelatedEntry`]s in the snapshot's own pass).
+    pub fn read(raw: &'a RawValue) -> Option<Related<'a>> {
+        serde_json::from_str::<RelatedEntry<'a>>(raw.get()).ok()?.0
     }
 
     /// The hash the module's last apply left on the object.
     pub fn applied_hash(&self) -> Option<&str> {
-        self.metadata.annotations.as_ref()?.hash.as_deref()
+        self.applied_hash.as_deref()
     }
 
     /// Whether the object has an owner reference to `uid`.
     pub fn has_owner_reference(&self, uid: &str) -> bool {
-        self.metadata.owner_references.iter().flatten().any(|owner| owner.uid == uid)
+        self.owner_uids.iter().any(|owner| owner == uid)
     }
 }
 
@@ -208,16 +269,14 @@ pub struct Observed<'a> {
 }
 
 impl<'a> Observed<'a> {
-    /// The decodable objects of the snapshot's `related` list.
-    pub fn read(related: &[&'a RawValue]) -> Self {
-        Observed { objects: related.iter().filter_map(|raw| Related::read(raw)).collect() }
+    /// The objects among the snapshot's `related` entries.
+    pub fn new(entries: Vec<RelatedEntry<'a>>) -> Self {
+        Observed { objects: entries.into_iter().filter_map(|entry| entry.0).collect() }
     }
 
     /// The observed object of this kind and name, if any.
     pub fn find(&self, api_version: &str, kind: &str, name: &str) -> Option<&Related<'a>> {
-        self.objects
-            .iter()
-            .find(|o| o.kind == kind && o.api_version == api_version && o.metadata.name == name)
+        self.objects.iter().find(|o| o.kind == kind && o.api_version == api_version && o.name == name)
     }
 }
 
@@ -256,7 +315,7 @@ impl<'a> StatefulSetState<'a> {
         let count = |n: Option<i64>| n.and_then(|n| i32::try_from(n).ok()).unwrap_or(0).max(0);
         let status = &object.status;
         StatefulSetState {
-            generation: object.metadata.generation,
+            generation: object.generation,
             observed_generation: status.observed_generation,
             replicas: count(status.replicas),
             ready_replicas: count(status.ready_replicas),
@@ -283,13 +342,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The primary's parts, as [`crate::input::PrimaryObject`] reads them.
+    #[derive(Deserialize)]
+    struct PrimaryParts<'a> {
+        #[serde(borrow, default)]
+        metadata: Option<&'a RawValue>,
+    }
+
     #[test]
     fn reads_primary_metadata() {
         let object = json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 3,
             "finalizers": ["other", FINALIZER], "deletionTimestamp": "2026-11-26T12:00:00Z"}});
-        let primary = Primary::read(&object).expect("reads");
+        let object = object.to_string();
+        let parts: PrimaryParts<'_> = serde_json::from_str(&object).expect("parts");
+        let meta = PrimaryMeta::read(parts.metadata).expect("reads");
         assert_eq!(
-            primary,
+            meta.primary(),
             Primary {
                 name: "a",
                 namespace: "ns",
@@ -313,10 +381,13 @@ mod tests {
                 "generation",
             ),
             (json!({"metadata": {"name": 7}}), "metadata.name does not decode"),
-            (json!("text"), "metadata"),
+            (json!({"metadata": "text"}), "metadata"),
+            (json!({"metadata": null}), "metadata"),
         ];
         for (object, expected) in cases {
-            let err = Primary::read(&object).expect_err("fails").to_string();
+            let text = object.to_string();
+            let parts: PrimaryParts<'_> = serde_json::from_str(&text).expect("parts");
+            let err = PrimaryMeta::read(parts.metadata).expect_err("fails").to_string();
             assert!(err.contains(expected), "{object}: {err:?} lacks {expected:?}");
         }
     }
@@ -369,18 +440,21 @@ mod tests {
             r#"{"apiVersion":"pgv2.percona.com/v2","kind":"PerconaPGCluster","metadata":{"name":"c","generation":"x",
                "ownerReferences":null},"status":{"state":5}}"#,
         ];
-        let raws: Vec<Box<RawValue>> =
-            texts.iter().map(|t| RawValue::from_string(t.to_string()).expect("raw")).collect();
-        let refs: Vec<&RawValue> = raws.iter().map(|r| &**r).collect();
-        let observed = Observed::read(&refs);
+        let list = format!("[{}]", texts.join(","));
+        let entries: Vec<RelatedEntry<'_>> = serde_json::from_str(&list).expect("any list decodes");
+        assert_eq!(entries.len(), texts.len());
+        let observed = Observed::new(entries);
         let service = observed.find("v1", "Service", "a").expect("found");
         assert_eq!(service.applied_hash(), Some("hA"));
         assert!(service.has_owner_reference("u") && !service.has_owner_reference("v"));
         assert!(service.spec.is_some());
         assert_eq!(observed.find("v1", "ConfigMap", "b").and_then(Related::applied_hash), None);
         assert!(observed.find("v1", "Service", "b").is_none());
-        // Odd field types: still known to exist.
+        // Odd field types read as absent; the object is still known to exist.
         let cluster = observed.find("pgv2.percona.com/v2", "PerconaPGCluster", "c").expect("known");
         assert!(cluster.status.state.is_none() && !cluster.has_owner_reference("u"));
+        assert_eq!(cluster.generation, None);
+        assert!(observed.find("", "ConfigMap", "").is_some(), "an object without identity is kept, unnamed");
+        assert!(Related::read(&RawValue::from_string("[1]".into()).expect("raw")).is_none());
     }
 }

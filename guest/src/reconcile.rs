@@ -6,21 +6,20 @@
 //! succeeded. One exception: while creating the Percona cluster keeps failing, the
 //! status (DatabaseReady False, PerconaNotFound) goes before the next attempt.
 
-use reconcile_sdk::{Action, EventType, Outcome, RawSnapshot, Snapshot};
-use serde::Deserialize;
-use serde_json::Value;
+use reconcile_sdk::{Action, EventType, Outcome, Snapshot};
+use serde_json::value::RawValue;
 
 use crate::api::{DittoServerSpec, DittoServerStatus};
 use crate::error::ReconcileError;
 use crate::hash::{ConfigHasher, ObjectHasher};
-use crate::input::Input;
+use crate::input::{self, Input};
 use crate::meta::{Primary, StatefulSetState};
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
 use crate::objects::percona::{self, Readiness};
 use crate::objects::statefulset::{self, Claim};
 use crate::objects::{Owner, apply_if_changed, configmap, services};
 use crate::status::{self, Observations};
-use crate::time::{format_rfc3339, parse_rfc3339};
+use crate::time::format_rfc3339;
 use crate::{config, deletion, secrets, validate};
 
 /// Reconciles one DittoServer snapshot; see the crate docs. Idempotent: a snapshot of
@@ -34,32 +33,34 @@ pub fn reconcile(snapshot: Snapshot) -> Outcome {
         Ok(json) => json,
         Err(err) => return Outcome::error(format!("snapshot does not encode: {err}"), false),
     };
-    match reconcile_sdk::decode_raw_snapshot(&json) {
-        Ok(raw) => reconcile_raw(raw),
+    match reconcile_sdk::decode_snapshot_of(&json) {
+        Ok(snapshot) => reconcile_raw(snapshot),
         Err(err) => Outcome::error(err.to_string(), false),
     }
 }
 
-/// Reconciles one DittoServer snapshot whose objects are still JSON text; idempotent
-/// like [`reconcile`].
-pub fn reconcile_raw(snapshot: RawSnapshot<'_>) -> Outcome {
-    let outcome = match Input::read(&snapshot).and_then(|input| run(&input)) {
-        Ok(outcome) => outcome,
-        // Every error is about the snapshot itself: the same input fails the same way.
-        Err(err) => Outcome::error(err.to_string(), false),
+/// Reconciles one DittoServer snapshot as the module's exports decode it (in one
+/// pass, reading only what the reconcile needs: [`input`](crate::input));
+/// idempotent like [`reconcile`].
+pub fn reconcile_raw(snapshot: input::Snapshot<'_>) -> Outcome {
+    let outcome = match Input::read(snapshot) {
+        Ok(input) => {
+            let outcome = run(&input);
+            // The plain module runs in a fresh instance per call and its allocator
+            // never reuses memory: walking the input to drop it would be wasted time.
+            #[cfg(all(target_arch = "wasm32", not(feature = "js")))]
+            std::mem::forget(input);
+            outcome
+        }
+        Err(err) => Err(err),
     };
-    // The plain module runs in a fresh instance per call and its allocator never
-    // reuses memory: walking the snapshot to drop it would be wasted time.
-    #[cfg(all(target_arch = "wasm32", not(feature = "js")))]
-    std::mem::forget(snapshot);
-    outcome
+    // Every error is about the snapshot itself: the same input fails the same way.
+    outcome.unwrap_or_else(|err| Outcome::error(err.to_string(), false))
 }
 
 fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
-    let now = parse_rfc3339(snapshot.now).ok_or_else(|| {
-        ReconcileError::InvalidObject(format!("snapshot now {:?} is not an RFC 3339 timestamp", snapshot.now))
-    })?;
-    let primary = Primary::read(&snapshot.object)?;
+    let now = snapshot.now;
+    let primary = snapshot.primary();
     if primary.deletion_timestamp.is_some() {
         return deletion::reconcile(snapshot, &primary, now);
     }
@@ -69,9 +70,9 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
         return Ok(Outcome::actions(vec![Action::AddFinalizer { finalizer: FINALIZER.into() }]));
     }
 
-    let spec = decode_spec(&snapshot.object)?;
-    let previous =
-        snapshot.object.get("status").and_then(|status| DittoServerStatus::deserialize(status).ok());
+    let spec = decode_spec(snapshot.object.spec)?;
+    // A status that does not decode is rewritten whole.
+    let previous = snapshot.object.status.and_then(|status| serde_json::from_str(status.get()).ok());
     let now = format_rfc3339(now);
 
     let problems = validate::problems(primary.name, &spec);
@@ -80,7 +81,7 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     }
 
     let secret_names = secrets::referenced(primary.name, &spec);
-    let requires = secrets::missing(&secret_names, snapshot.required);
+    let requires = secrets::missing(&secret_names, &snapshot.required);
     if !requires.is_empty() {
         return Ok(Outcome::Actions { actions: Vec::new(), requires, requeue_after_seconds: None });
     }
@@ -106,7 +107,7 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     let config_yaml = config::render(name, &spec);
     let mut config_hasher = ConfigHasher::new();
     config_hasher.part(config_yaml.as_bytes());
-    secrets::hash_digests(&mut config_hasher, &secret_names, snapshot.required);
+    secrets::hash_digests(&mut config_hasher, &secret_names, &snapshot.required);
     config_hasher.part(&primary.generation.unwrap_or_default().to_le_bytes());
     let config_hash = config_hasher.finish();
     apply_if_changed(
@@ -183,13 +184,9 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
 }
 
 /// Decodes `spec`, naming the field that does not decode.
-fn decode_spec(object: &Value) -> Result<DittoServerSpec, ReconcileError> {
-    let spec = object.get("spec").ok_or(ReconcileError::MissingField("spec"))?;
-    serde_path_to_error::deserialize(spec).map_err(|err| {
-        let path = err.path().to_string();
-        let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
-        ReconcileError::InvalidObject(format!("{field} does not decode: {}", err.inner()))
-    })
+fn decode_spec(spec: Option<&RawValue>) -> Result<DittoServerSpec, ReconcileError> {
+    let spec = spec.ok_or(ReconcileError::MissingField("spec"))?;
+    serde_json::from_str(spec.get()).map_err(|_| ReconcileError::undecodable::<DittoServerSpec>("spec", spec.get()))
 }
 
 /// Phase Failed, with the problems in the ConfigReady and Ready conditions; no object
