@@ -214,3 +214,21 @@ fn large_input_and_bad_buffers_give_outcomes_not_traps() {
     let output = guest.take_output(packed);
     assert!(output.contains("outside linear memory"), "{output}");
 }
+
+#[test]
+fn a_converged_call_fits_the_initial_memory() {
+    // Growing linear memory in a pooled instance costs page-protection changes on
+    // every call (see guest/build.rs); the converged snapshots, the common case,
+    // must be answered from the memory the module starts with.
+    let (engine, module) = setup();
+    for name in ["converged", "converged-large"] {
+        let mut guest = Guest::new(&engine, &module);
+        let initial = guest.memory.data_size(&guest.store);
+        assert!(initial >= 4 << 20, "initial memory is {initial} bytes");
+        let snapshot =
+            fs::read(manifest_dir().join(format!("tests/golden/{name}.snapshot.json"))).expect("snapshot");
+        let outcome = guest.reconcile(&snapshot);
+        assert!(outcome.starts_with(r#"{"actions":[]"#), "{name}: {outcome}");
+        assert_eq!(guest.memory.data_size(&guest.store), initial, "{name}: the call grew memory");
+    }
+}

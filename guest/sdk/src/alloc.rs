@@ -7,8 +7,12 @@
 //! for the most recent block: freeing it moves the pointer back, and growing it
 //! (`realloc` of a `Vec` or `String` being built) extends it in place without a copy.
 //!
-//! It takes memory above the linear memory's end at first use, growing the memory in
-//! chunks so that `memory.grow` runs rarely. When growing fails (the host's memory
+//! It starts at `__heap_base`, where the linker ends the stack and data, and uses the
+//! rest of the initial linear memory first; past that it grows the memory in chunks
+//! so that `memory.grow` runs rarely. A module that declares enough initial memory
+//! for a typical call (the linker's `--initial-memory`) never grows it: in a pooled
+//! instance, growing costs page-protection changes on every call, while initial
+//! memory is only reset. When growing fails (the host's memory
 //! cap) it returns null, and Rust's allocation-error path traps: a module failure the
 //! host reports, never corruption.
 //!
@@ -45,9 +49,9 @@ impl BumpAllocator {
     /// Reserves a block for `layout` and returns its address.
     fn bump(&self, layout: Layout) -> Option<usize> {
         if self.end.load(Relaxed) == 0 {
-            // First use: everything from the current end of linear memory is ours.
+            // First use: from the heap's start to the end of linear memory is ours.
             let end = memory_bytes()?;
-            self.next.store(end, Relaxed);
+            self.next.store(heap_base().min(end), Relaxed);
             self.end.store(end, Relaxed);
         }
         // Two rounds at most: the second only when linear memory had been grown by
@@ -92,8 +96,9 @@ impl Default for BumpAllocator {
     }
 }
 
-// SAFETY: every block returned lies inside linear memory (below `end`, which is
-// never beyond the memory's current size), is aligned as `layout` asks, and overlaps
+// SAFETY: every block returned lies inside linear memory, above the stack and static
+// data (at or past `__heap_base`) and below `end`, which is never beyond the memory's
+// current size; it is aligned as `layout` asks, and overlaps
 // no live block: `next` only moves forward, except back to the start of the most
 // recent block when that block is freed or resized in place, and no other live block
 // lies past that start. All address arithmetic is checked; failure returns null.
@@ -155,4 +160,15 @@ fn grow(pages: usize) -> Option<usize> {
 /// 32-bit address cannot express).
 fn memory_bytes() -> Option<usize> {
     core::arch::wasm32::memory_size(0).checked_mul(PAGE)
+}
+
+/// Where the heap starts: the first byte past the stack and static data, as the
+/// linker lays out a wasm32 module (a symbol it defines; nothing else allocates
+/// there in a module using this allocator).
+fn heap_base() -> usize {
+    unsafe extern "C" {
+        static __heap_base: u8;
+    }
+    // Only the symbol's address is taken; the byte is never read.
+    core::ptr::addr_of!(__heap_base) as usize
 }
