@@ -74,8 +74,7 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
     let cluster_name = names::percona_cluster(primary.name);
     let cluster = snapshot.related.find(PERCONA_API_VERSION, PERCONA_KIND, &cluster_name);
     if cluster.is_some() {
-        let flag =
-            |field| at(&spec, &["percona", field]).and_then(Value::as_bool) == Some(true);
+        let flag = |field| at(&spec, &["percona", field]).and_then(Value::as_bool) == Some(true);
         if flag("enabled") && flag("deleteWithServer") {
             actions.push(Action::Delete {
                 api_version: PERCONA_API_VERSION.into(),

@@ -60,7 +60,10 @@ impl<'a> Input<'a> {
     /// object has no metadata).
     pub fn read(snapshot: Snapshot<'a>) -> Result<Self, ReconcileError> {
         let now = parse_rfc3339(&snapshot.now).ok_or_else(|| {
-            ReconcileError::InvalidObject(format!("snapshot now {:?} is not an RFC 3339 timestamp", snapshot.now))
+            ReconcileError::InvalidObject(format!(
+                "snapshot now {:?} is not an RFC 3339 timestamp",
+                snapshot.now
+            ))
         })?;
         let object = snapshot.object.0.unwrap_or_default();
         Ok(Input {

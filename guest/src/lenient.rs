@@ -219,7 +219,8 @@ mod tests {
 
     #[test]
     fn expected_types_are_read() {
-        let sample = read(r#"{"name":"a\"b","count":-3,"inner":{"n":4,"x":[1]},"items":[1,"2",3],"other":{}}"#);
+        let sample =
+            read(r#"{"name":"a\"b","count":-3,"inner":{"n":4,"x":[1]},"items":[1,"2",3],"other":{}}"#);
         assert_eq!(sample.name.0.as_deref(), Some("a\"b"));
         assert_eq!(sample.count, Int(Some(-3)));
         assert_eq!(sample.inner.0, Some(Inner { n: Int(Some(4)) }));

@@ -186,7 +186,8 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
 /// Decodes `spec`, naming the field that does not decode.
 fn decode_spec(spec: Option<&RawValue>) -> Result<DittoServerSpec, ReconcileError> {
     let spec = spec.ok_or(ReconcileError::MissingField("spec"))?;
-    serde_json::from_str(spec.get()).map_err(|_| ReconcileError::undecodable::<DittoServerSpec>("spec", spec.get()))
+    serde_json::from_str(spec.get())
+        .map_err(|_| ReconcileError::undecodable::<DittoServerSpec>("spec", spec.get()))
 }
 
 /// Phase Failed, with the problems in the ConfigReady and Ready conditions; no object

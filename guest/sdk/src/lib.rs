@@ -48,7 +48,8 @@ pub use abi::{
     RawSnapshot, RequiredObject, Requirement, Snapshot, SnapshotOf,
 };
 pub use run::{
-    SnapshotError, decode_raw_snapshot, decode_snapshot, decode_snapshot_of, manifest_json, run_json, run_json_raw,
+    SnapshotError, decode_raw_snapshot, decode_snapshot, decode_snapshot_of, manifest_json, run_json,
+    run_json_raw,
 };
 
 /// With feature `bump-alloc`, the plain wasm32 build of a module allocates with a bump

@@ -94,7 +94,10 @@ pub fn run_json(input: &[u8], reconcile: fn(Snapshot) -> Outcome) -> String {
 
 /// [`run_json`] for modules that decode the snapshot's objects themselves
 /// ([`RawSnapshot`], or any [`SnapshotOf`]): same errors, same encoding.
-pub fn run_json_raw<'a, O, R>(input: &'a [u8], reconcile: impl FnOnce(SnapshotOf<'a, O, R>) -> Outcome) -> String
+pub fn run_json_raw<'a, O, R>(
+    input: &'a [u8],
+    reconcile: impl FnOnce(SnapshotOf<'a, O, R>) -> Outcome,
+) -> String
 where
     O: Deserialize<'a>,
     R: Deserialize<'a>,
@@ -175,7 +178,8 @@ mod tests {
             #[serde(borrow)]
             name: &'a str,
         }
-        let input = br#"{"abi":1,"now":"x","object":{"name":"p","x":[1]},"related":[{"name":"a"},{"name":"b"}]}"#;
+        let input =
+            br#"{"abi":1,"now":"x","object":{"name":"p","x":[1]},"related":[{"name":"a"},{"name":"b"}]}"#;
         let snapshot = decode_snapshot_of::<Name<'_>, Name<'_>>(input).expect("decodes");
         assert_eq!(snapshot.object.name, "p");
         let names: Vec<&str> = snapshot.related.iter().map(|r| r.name).collect();
