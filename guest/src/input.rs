@@ -9,20 +9,21 @@ use serde_json::value::RawValue;
 
 use crate::error::ReconcileError;
 use crate::lenient;
-use crate::meta::{Observed, Primary, PrimaryMeta, RelatedEntry};
+use crate::meta::{Observed, Primary, PrimaryMeta, RelatedEntry, WirePrimaryMeta};
 use crate::time::parse_rfc3339;
 
 /// The snapshot's wire form, as the module's exports decode it.
 pub type Snapshot<'a> = SnapshotOf<'a, lenient::Object<PrimaryObject<'a>>, RelatedEntry<'a>>;
 
-/// The parts of the primary object the module reads, as JSON text borrowed from the
-/// snapshot. An absent part is `None`; one that is `null` is the text `null` (and
-/// fails to decode, as a spec must).
+/// The parts of the primary object the module reads: its metadata, and `spec` and
+/// `status` as JSON text borrowed from the snapshot (decoded when needed, with
+/// errors that name the field). An absent part is `None`; one that is `null` is
+/// the text `null` (and fails to decode, as a spec must).
 #[derive(Debug, Default, Deserialize)]
 pub struct PrimaryObject<'a> {
-    /// `metadata`.
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub metadata: Option<&'a RawValue>,
+    /// `metadata`, read in the snapshot's pass.
+    #[serde(borrow, default)]
+    pub metadata: lenient::ObjectField<WirePrimaryMeta<'a>>,
     /// `spec`.
     #[serde(borrow, default, deserialize_with = "present")]
     pub spec: Option<&'a RawValue>,
@@ -43,7 +44,7 @@ pub struct Input<'a> {
     /// The snapshot's `now`, in seconds since the Unix epoch.
     pub now: i64,
     /// The primary's metadata.
-    pub meta: PrimaryMeta,
+    pub meta: PrimaryMeta<'a>,
     /// The primary's other parts.
     pub object: PrimaryObject<'a>,
     /// The owned objects the host observed.
@@ -65,10 +66,10 @@ impl<'a> Input<'a> {
                 snapshot.now
             ))
         })?;
-        let object = snapshot.object.0.unwrap_or_default();
+        let mut object = snapshot.object.0.unwrap_or_default();
         Ok(Input {
             now,
-            meta: PrimaryMeta::read(object.metadata)?,
+            meta: PrimaryMeta::read(std::mem::take(&mut object.metadata))?,
             object,
             related: Observed::new(snapshot.related),
             required: snapshot.required,

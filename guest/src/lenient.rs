@@ -15,6 +15,7 @@ use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
 /// A string, or `None` for any other JSON value.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -34,6 +35,43 @@ pub struct Object<T>(pub Option<T>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct List<T>(pub Option<Vec<T>>);
 
+/// A field that must have one JSON type when present: read as such, absent (missing
+/// or `null`), or of another type, which the module reports instead of ignoring.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Field<T> {
+    /// Missing or `null`.
+    #[default]
+    Absent,
+    /// Of the expected type.
+    Present(T),
+    /// Of another type: this one (`"a string"`, `"an object"`, ...).
+    Wrong(&'static str),
+}
+
+impl<T> Field<T> {
+    /// The value; `Ok(None)` when absent, `Err(found)` when of another type.
+    pub fn get(self) -> Result<Option<T>, &'static str> {
+        match self {
+            Field::Absent => Ok(None),
+            Field::Present(value) => Ok(Some(value)),
+            Field::Wrong(found) => Err(found),
+        }
+    }
+}
+
+/// A JSON object's top-level fields, each as JSON text borrowed from the input (one
+/// pass: nothing below the top level is decoded), or `None` for any other JSON
+/// value. For an object the module keeps a few parts of, or passes on verbatim.
+#[derive(Debug, Default, Clone)]
+pub struct RawFields<'a>(pub Option<Vec<(Cow<'a, str>, &'a RawValue)>>);
+
+impl<'a> RawFields<'a> {
+    /// The field `name` (the last one, should it repeat, as JSON parsers do).
+    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.as_ref()?.iter().rev().find(|(key, _)| key == name).map(|(_, value)| *value)
+    }
+}
+
 impl<T> Default for Object<T> {
     fn default() -> Self {
         Object(None)
@@ -48,28 +86,34 @@ impl<T> Default for List<T> {
 
 /// How a lenient type reads each kind of JSON value. Every method defaults to
 /// "not the expected type": skip the value (draining containers, so that the
-/// deserializer stays in step) and read as absent.
+/// deserializer stays in step) and read it as [`Lenient::other`]. `null` always
+/// reads as the default (absent).
 trait Lenient<'de>: Default {
-    fn from_str(_: Cow<'de, str>) -> Self {
+    /// A value of another type than expected; `found` names its JSON type.
+    fn other(_found: &'static str) -> Self {
         Self::default()
+    }
+
+    fn from_str(_: Cow<'de, str>) -> Self {
+        Self::other("a string")
     }
 
     fn from_i64(_: i64) -> Self {
-        Self::default()
+        Self::other("a number")
     }
 
     fn from_u64(_: u64) -> Self {
-        Self::default()
+        Self::other("a number")
     }
 
     fn from_seq<A: SeqAccess<'de>>(mut seq: A) -> Result<Self, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Self::default())
+        Ok(Self::other("an array"))
     }
 
     fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Self::default())
+        Ok(Self::other("an object"))
     }
 }
 
@@ -106,11 +150,11 @@ impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
     }
 
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<T, E> {
-        Ok(T::default())
+        Ok(T::other("a number"))
     }
 
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<T, E> {
-        Ok(T::default())
+        Ok(T::other("a boolean"))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<T, E> {
@@ -169,6 +213,86 @@ impl<'de, T: Deserialize<'de>> Lenient<'de> for Object<T> {
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_lenient(deserializer)
+    }
+}
+
+impl<'de: 'a, 'a> Lenient<'de> for Field<Cow<'a, str>> {
+    fn other(found: &'static str) -> Self {
+        Field::Wrong(found)
+    }
+
+    fn from_str(value: Cow<'de, str>) -> Self {
+        Field::Present(value)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<Cow<'a, str>> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_lenient(deserializer)
+    }
+}
+
+impl Lenient<'_> for Field<i64> {
+    fn other(found: &'static str) -> Self {
+        Field::Wrong(found)
+    }
+
+    fn from_i64(value: i64) -> Self {
+        Field::Present(value)
+    }
+
+    fn from_u64(value: u64) -> Self {
+        i64::try_from(value).map_or(Field::Wrong("a number out of range"), Field::Present)
+    }
+}
+
+impl<'de> Deserialize<'de> for Field<i64> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_lenient(deserializer)
+    }
+}
+
+/// A [`Field`] holding a JSON object, decoded as `T` (a struct of lenient fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectField<T>(pub Field<T>);
+
+impl<T> Default for ObjectField<T> {
+    fn default() -> Self {
+        ObjectField(Field::Absent)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Lenient<'de> for ObjectField<T> {
+    fn other(found: &'static str) -> Self {
+        ObjectField(Field::Wrong(found))
+    }
+
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map)).map(|value| ObjectField(Field::Present(value)))
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectField<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_lenient(deserializer)
+    }
+}
+
+impl<'de: 'a, 'a> Lenient<'de> for RawFields<'a> {
+    fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0).min(32));
+        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+            let value: &'de RawValue = map.next_value()?;
+            // JSON object keys are strings; `Str` only reads as absent for others.
+            fields.push((key.unwrap_or_default(), value));
+        }
+        Ok(RawFields(Some(fields)))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawFields<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserialize_lenient(deserializer)
     }
@@ -246,6 +370,42 @@ mod tests {
         }
         let sample = read(r#"{"name":[1,[2]],"count":9}"#);
         assert_eq!(sample.count, Int(Some(9)), "a skipped value keeps the decoder in step");
+    }
+
+    #[test]
+    fn fields_tell_absent_from_wrong() {
+        #[derive(Debug, Default, Deserialize)]
+        struct Checked<'a> {
+            #[serde(borrow, default)]
+            s: Field<Cow<'a, str>>,
+            #[serde(default)]
+            n: Field<i64>,
+            #[serde(default)]
+            o: ObjectField<Inner>,
+        }
+        let read = |json: &'static str| serde_json::from_str::<Checked<'_>>(json).expect("decodes");
+        let present = read(r#"{"s":"x","n":-2,"o":{"n":1}}"#);
+        assert_eq!(present.s, Field::Present(Cow::Borrowed("x")));
+        assert_eq!(present.n, Field::Present(-2));
+        assert_eq!(present.o.0, Field::Present(Inner { n: Int(Some(1)) }));
+        let absent = read(r#"{"s":null,"n":null}"#);
+        assert_eq!((absent.s, absent.n, absent.o.0), (Field::Absent, Field::Absent, Field::Absent));
+        let wrong = read(r#"{"s":[1],"n":"1","o":true}"#);
+        assert_eq!((wrong.s.get(), wrong.n.get()), (Err("an array"), Err("a string")));
+        assert_eq!(wrong.o.0.get(), Err("a boolean"));
+        assert_eq!(read(r#"{"n":1.5}"#).n, Field::Wrong("a number"));
+        assert_eq!(read(r#"{"n":18446744073709551615}"#).n, Field::Wrong("a number out of range"));
+    }
+
+    #[test]
+    fn raw_fields_keep_the_top_level_as_text() {
+        let fields: RawFields<'_> =
+            serde_json::from_str(r#"{"a":{"b":[1,"x"]},"c":"d","a":2}"#).expect("decodes");
+        assert_eq!(fields.get("a").map(RawValue::get), Some("2"), "the last one wins");
+        assert_eq!(fields.get("c").map(RawValue::get), Some(r#""d""#));
+        assert!(fields.get("b").is_none());
+        let list: RawFields<'_> = serde_json::from_str("[1]").expect("decodes");
+        assert!(list.0.is_none() && list.get("a").is_none());
     }
 
     #[test]

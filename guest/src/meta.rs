@@ -32,52 +32,74 @@ pub struct Primary<'a> {
     pub has_finalizer: bool,
 }
 
-/// The primary's metadata as decoded from the snapshot. [`PrimaryMeta::primary`]
-/// gives the checked [`Primary`].
+/// The primary's metadata as decoded from the snapshot, strings borrowed from it
+/// where they need no unescaping. [`PrimaryMeta::primary`] gives the [`Primary`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryMeta {
-    name: String,
-    namespace: String,
-    uid: String,
+pub struct PrimaryMeta<'a> {
+    name: Cow<'a, str>,
+    namespace: Cow<'a, str>,
+    uid: Cow<'a, str>,
     generation: Option<i64>,
-    deletion_timestamp: Option<String>,
+    deletion_timestamp: Option<Cow<'a, str>>,
     has_finalizer: bool,
 }
 
-#[derive(Deserialize)]
+/// The JSON shape of the primary's metadata, read in the snapshot's own pass; a
+/// field of the wrong type is kept as such and reported by [`PrimaryMeta::read`].
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WirePrimaryMeta {
+pub struct WirePrimaryMeta<'a> {
+    #[serde(borrow, default)]
+    name: lenient::Field<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: lenient::Field<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uid: lenient::Field<Cow<'a, str>>,
     #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    uid: Option<String>,
-    #[serde(default)]
-    generation: Option<i64>,
-    #[serde(default)]
-    deletion_timestamp: Option<String>,
-    #[serde(default)]
-    finalizers: Option<Vec<String>>,
+    generation: lenient::Field<i64>,
+    #[serde(borrow, default)]
+    deletion_timestamp: lenient::Field<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    finalizers: lenient::List<lenient::Str<'a>>,
 }
 
-impl PrimaryMeta {
-    /// Decodes the primary's `metadata`, naming the field that is missing or does not
-    /// decode.
-    pub fn read(metadata: Option<&RawValue>) -> Result<Self, ReconcileError> {
-        let metadata = metadata.ok_or(ReconcileError::MissingField("metadata"))?;
-        let wire: WirePrimaryMeta = serde_json::from_str(metadata.get())
-            .map_err(|_| ReconcileError::undecodable::<WirePrimaryMeta>("metadata", metadata.get()))?;
-        let required = |value: Option<String>, field| {
-            value.filter(|v| !v.is_empty()).ok_or(ReconcileError::MissingField(field))
+impl<'a> PrimaryMeta<'a> {
+    /// Checks the primary's `metadata`, naming the field that is missing or of the
+    /// wrong type.
+    pub fn read(metadata: lenient::ObjectField<WirePrimaryMeta<'a>>) -> Result<Self, ReconcileError> {
+        let wrong = |field: &str, expected: &str, found: &str| {
+            ReconcileError::InvalidObject(format!(
+                "{field} does not decode: expected {expected}, found {found}"
+            ))
+        };
+        let wire = metadata
+            .0
+            .get()
+            .map_err(|found| wrong("metadata", "an object", found))?
+            .ok_or(ReconcileError::MissingField("metadata"))?;
+        let string = |value: lenient::Field<Cow<'a, str>>, field: &'static str| {
+            value.get().map_err(|found| wrong(field, "a string", found))
+        };
+        let required = |value, field| {
+            string(value, field)?
+                .filter(|v: &Cow<'a, str>| !v.is_empty())
+                .ok_or(ReconcileError::MissingField(field))
         };
         Ok(PrimaryMeta {
             name: required(wire.name, "metadata.name")?,
             namespace: required(wire.namespace, "metadata.namespace")?,
             uid: required(wire.uid, "metadata.uid")?,
-            generation: wire.generation,
-            deletion_timestamp: wire.deletion_timestamp,
-            has_finalizer: wire.finalizers.unwrap_or_default().iter().any(|f| f == FINALIZER),
+            generation: wire
+                .generation
+                .get()
+                .map_err(|found| wrong("metadata.generation", "an integer", found))?,
+            deletion_timestamp: string(wire.deletion_timestamp, "metadata.deletionTimestamp")?,
+            has_finalizer: wire
+                .finalizers
+                .0
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f.0.as_deref() == Some(FINALIZER)),
         })
     }
 
@@ -117,8 +139,9 @@ pub struct Related<'a> {
     pub applied_hash: Option<Cow<'a, str>>,
     /// The uids the object's owner references point to.
     pub owner_uids: Vec<Cow<'a, str>>,
-    /// `spec`, unparsed (read for StatefulSet claims and to adopt a Percona cluster).
-    pub spec: Option<&'a RawValue>,
+    /// `spec`, its fields unparsed (read for StatefulSet claims and to adopt a
+    /// Percona cluster).
+    pub spec: lenient::RawFields<'a>,
     /// `status`.
     pub status: RelatedStatus<'a>,
 }
@@ -154,7 +177,7 @@ struct WireObject<'a> {
     #[serde(borrow, default)]
     metadata: lenient::Object<WireMeta<'a>>,
     #[serde(borrow, default)]
-    spec: Option<&'a RawValue>,
+    spec: lenient::RawFields<'a>,
     #[serde(borrow, default)]
     status: lenient::Object<WireStatus<'a>>,
 }
@@ -342,11 +365,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The primary's parts, as [`crate::input::PrimaryObject`] reads them.
-    #[derive(Deserialize)]
-    struct PrimaryParts<'a> {
-        #[serde(borrow, default)]
-        metadata: Option<&'a RawValue>,
+    fn read_meta(object: &str) -> Result<PrimaryMeta<'_>, ReconcileError> {
+        let object: crate::input::PrimaryObject<'_> =
+            serde_json::from_str(object).expect("any object decodes");
+        PrimaryMeta::read(object.metadata)
     }
 
     #[test]
@@ -354,8 +376,7 @@ mod tests {
         let object = json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 3,
             "finalizers": ["other", FINALIZER], "deletionTimestamp": "2026-11-26T12:00:00Z"}});
         let object = object.to_string();
-        let parts: PrimaryParts<'_> = serde_json::from_str(&object).expect("parts");
-        let meta = PrimaryMeta::read(parts.metadata).expect("reads");
+        let meta = read_meta(&object).expect("reads");
         assert_eq!(
             meta.primary(),
             Primary {
@@ -378,16 +399,22 @@ mod tests {
             (json!({"metadata": {"name": "a", "namespace": "ns"}}), "metadata.uid"),
             (
                 json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": "x"}}),
-                "generation",
+                "metadata.generation does not decode: expected an integer, found a string",
             ),
-            (json!({"metadata": {"name": 7}}), "metadata.name does not decode"),
-            (json!({"metadata": "text"}), "metadata"),
+            (
+                json!({"metadata": {"name": 7}}),
+                "metadata.name does not decode: expected a string, found a number",
+            ),
+            (
+                json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u", "deletionTimestamp": {}}}),
+                "metadata.deletionTimestamp does not decode",
+            ),
+            (json!({"metadata": "text"}), "metadata does not decode: expected an object, found a string"),
             (json!({"metadata": null}), "metadata"),
         ];
         for (object, expected) in cases {
             let text = object.to_string();
-            let parts: PrimaryParts<'_> = serde_json::from_str(&text).expect("parts");
-            let err = PrimaryMeta::read(parts.metadata).expect_err("fails").to_string();
+            let err = read_meta(&text).expect_err("fails").to_string();
             assert!(err.contains(expected), "{object}: {err:?} lacks {expected:?}");
         }
     }
@@ -447,7 +474,7 @@ mod tests {
         let service = observed.find("v1", "Service", "a").expect("found");
         assert_eq!(service.applied_hash(), Some("hA"));
         assert!(service.has_owner_reference("u") && !service.has_owner_reference("v"));
-        assert!(service.spec.is_some());
+        assert!(service.spec.get("ports").is_some());
         assert_eq!(observed.find("v1", "ConfigMap", "b").and_then(Related::applied_hash), None);
         assert!(observed.find("v1", "Service", "b").is_none());
         // Odd field types read as absent; the object is still known to exist.

@@ -157,10 +157,11 @@ fn backups(server: &str, percona: &PerconaSpec) -> Value {
 /// verbatim, so that the apply changes nothing else. `None` when the observed cluster
 /// has no spec to keep.
 fn adopt(owner: &Owner<'_>, cluster: &Related<'_>) -> Option<Value> {
-    let spec: Value = serde_json::from_str(cluster.spec?.get()).ok()?;
-    if !spec.is_object() {
-        return None;
-    }
+    let fields = cluster.spec.0.as_ref()?;
+    let spec = fields
+        .iter()
+        .map(|(key, value)| Some((key.to_string(), serde_json::from_str(value.get()).ok()?)))
+        .collect::<Option<serde_json::Map<String, Value>>>()?;
     Some(json!({
         "apiVersion": PERCONA_API_VERSION,
         "kind": PERCONA_KIND,

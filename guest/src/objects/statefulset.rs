@@ -63,12 +63,6 @@ impl Claim {
     /// cannot be read.
     pub fn from_observed(statefulset: &Related<'_>) -> Option<Vec<Claim>> {
         #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Spec {
-            #[serde(default)]
-            volume_claim_templates: Vec<Template>,
-        }
-        #[derive(Deserialize)]
         struct Template {
             metadata: Name,
             spec: TemplateSpec,
@@ -92,9 +86,12 @@ impl Claim {
         struct Requests {
             storage: String,
         }
-        let spec: Spec = serde_json::from_str(statefulset.spec?.get()).ok()?;
-        let claims = spec
-            .volume_claim_templates
+        statefulset.spec.0.as_ref()?;
+        let templates: Vec<Template> = match statefulset.spec.get("volumeClaimTemplates") {
+            Some(templates) => serde_json::from_str(templates.get()).ok()?,
+            None => Vec::new(),
+        };
+        let claims = templates
             .into_iter()
             .map(|template| Claim {
                 name: template.metadata.name,
