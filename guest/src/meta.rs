@@ -8,12 +8,13 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::error::ReconcileError;
 use crate::lenient;
-use crate::names::FINALIZER;
+use crate::names::{FINALIZER, PERCONA_KIND};
 
 /// The primary's metadata, as the module needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +140,8 @@ pub struct Related<'a> {
     pub applied_hash: Option<Cow<'a, str>>,
     /// The uids the object's owner references point to.
     pub owner_uids: Vec<Cow<'a, str>>,
-    /// `spec`, its fields unparsed (read for StatefulSet claims and to adopt a
-    /// Percona cluster).
+    /// The `spec` fields the module reads of this kind, unparsed: a StatefulSet's
+    /// `volumeClaimTemplates`, all of a Percona cluster's; none of other kinds.
     pub spec: lenient::RawFields<'a>,
     /// `status`.
     pub status: RelatedStatus<'a>,
@@ -167,19 +168,93 @@ pub struct RelatedStatus<'a> {
 }
 
 /// The JSON shape of an observed object, as far as the module reads it.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Default)]
 struct WireObject<'a> {
-    #[serde(borrow, default)]
     api_version: lenient::Str<'a>,
-    #[serde(borrow, default)]
     kind: lenient::Str<'a>,
-    #[serde(borrow, default)]
     metadata: lenient::Object<WireMeta<'a>>,
-    #[serde(borrow, default)]
     spec: lenient::RawFields<'a>,
-    #[serde(borrow, default)]
     status: lenient::Object<WireStatus<'a>>,
+}
+
+/// How much of an observed object's `spec` the module reads, by kind: only the
+/// claim templates of a StatefulSet, all of a Percona cluster (to adopt it with
+/// its spec verbatim), nothing of the others. Skipped specs are scanned, never
+/// kept: most of a snapshot's bytes are specs.
+fn spec_read(kind: &str) -> SpecRead {
+    match kind {
+        "StatefulSet" => SpecRead::ClaimTemplates,
+        PERCONA_KIND => SpecRead::Everything,
+        _ => SpecRead::Nothing,
+    }
+}
+
+/// See [`spec_read`].
+enum SpecRead {
+    Nothing,
+    ClaimTemplates,
+    Everything,
+}
+
+/// The claim templates of a StatefulSet's spec, as text.
+#[derive(Deserialize)]
+struct WireClaimTemplates<'a> {
+    #[serde(borrow, default, rename = "volumeClaimTemplates")]
+    templates: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(WireObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+struct WireObjectVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
+    type Value = WireObject<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = WireObject::default();
+        while let Some(lenient::Str(key)) = map.next_key::<lenient::Str<'de>>()? {
+            match key.as_deref() {
+                Some("apiVersion") => object.api_version = map.next_value()?,
+                Some("kind") => object.kind = map.next_value()?,
+                Some("metadata") => object.metadata = map.next_value()?,
+                Some("status") => object.status = map.next_value()?,
+                Some("spec") => {
+                    // The API server writes `kind` before `spec`; should a snapshot
+                    // not, the whole spec is kept, which reads the same.
+                    let read = object.kind.0.as_deref().map_or(SpecRead::Everything, spec_read);
+                    object.spec = match read {
+                        SpecRead::Nothing => {
+                            map.next_value::<IgnoredAny>()?;
+                            lenient::RawFields::default()
+                        }
+                        SpecRead::ClaimTemplates => {
+                            let lenient::Object(spec) =
+                                map.next_value::<lenient::Object<WireClaimTemplates<'a>>>()?;
+                            lenient::RawFields(spec.map(|spec| {
+                                spec.templates
+                                    .map(|t| (Cow::Borrowed("volumeClaimTemplates"), t))
+                                    .into_iter()
+                                    .collect()
+                            }))
+                        }
+                        SpecRead::Everything => map.next_value()?,
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(object)
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -474,7 +549,21 @@ mod tests {
         let service = observed.find("v1", "Service", "a").expect("found");
         assert_eq!(service.applied_hash(), Some("hA"));
         assert!(service.has_owner_reference("u") && !service.has_owner_reference("v"));
-        assert!(service.spec.get("ports").is_some());
+        assert!(service.spec.0.is_none(), "a Service's spec is not read");
+
+        // A StatefulSet's claim templates only; all of its spec when `kind` comes
+        // after it (not from the API server, but the result is the same).
+        let claims = r#"[{"metadata":{"name":"x"},"spec":{"resources":{"requests":{"storage":"1Gi"}}}}]"#;
+        let kind_first =
+            format!(r#"{{"kind":"StatefulSet","spec":{{"replicas":1,"volumeClaimTemplates":{claims}}}}}"#);
+        let spec_first =
+            format!(r#"{{"spec":{{"replicas":1,"volumeClaimTemplates":{claims}}},"kind":"StatefulSet"}}"#);
+        for (text, fields) in [(kind_first, 1), (spec_first, 2)] {
+            let raw = RawValue::from_string(text).expect("raw");
+            let sts = Related::read(&raw).expect("decodes");
+            assert_eq!(sts.spec.get("volumeClaimTemplates").map(RawValue::get), Some(claims));
+            assert_eq!(sts.spec.0.map(|f| f.len()), Some(fields));
+        }
         assert_eq!(observed.find("v1", "ConfigMap", "b").and_then(Related::applied_hash), None);
         assert!(observed.find("v1", "Service", "b").is_none());
         // Odd field types read as absent; the object is still known to exist.
