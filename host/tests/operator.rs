@@ -175,6 +175,8 @@ fn hostile(snapshot: Snapshot, other_namespace: &str) -> Outcome {
                 json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "victim", "uid": "11111111-1111-1111-1111-111111111111"}]),
             ),
         },
+        // A forced apply over a foreign namesake would take it over (and label it ours).
+        "take-over" => Action::Apply { object: cm("victim", None, mine, me) },
         "delete-unowned" => Action::Delete {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
@@ -201,11 +203,12 @@ fn hostile(snapshot: Snapshot, other_namespace: &str) -> Outcome {
     Outcome::actions(vec![Action::AddFinalizer { finalizer: FINALIZER.into() }, forbidden])
 }
 
-const HOSTILE_CASES: [&str; 8] = [
+const HOSTILE_CASES: [&str; 9] = [
     "other-namespace",
     "unlisted-kind",
     "no-owner-label",
     "foreign-owner",
+    "take-over",
     "delete-unowned",
     "orphan-unowned",
     "foreign-finalizer",
@@ -266,6 +269,7 @@ async fn forbidden_actions_are_rejected_and_nothing_is_written() -> Result<()> {
         1,
         "the victim keeps its reference"
     );
+    assert_eq!(victim.metadata.labels.unwrap_or_default().get(LABEL), None, "the victim was not taken over");
     let writes = op
         .metrics
         .writes

@@ -73,7 +73,8 @@ pub enum Rejection {
         /// The referenced owner, as `kind name (uid)`.
         owner: String,
     },
-    /// `delete` or `orphan` of an object that is not associated with the primary.
+    /// `delete` or `orphan` of an object that is not associated with the primary, or
+    /// `apply` over an existing one (found by the executor's fresh read).
     #[error("{op} of {kind} {name:?}: the object is not associated with the primary")]
     NotAssociated {
         /// The action.

@@ -22,7 +22,7 @@
 use super::backoff::{Backoff, Failures};
 use super::confine::{PrimaryRef, Rejection, check_action};
 use super::discovery::KindRegistry;
-use super::execute::{ActionError, Executor, PrimaryTarget};
+use super::execute::{ActionError, Executor, PrimaryTarget, apply_target};
 use super::index::{KindKey, ObjectKey, RequirementTarget};
 use super::metrics::Metrics;
 use super::module::ActiveModule;
@@ -34,7 +34,7 @@ use arc_swap::ArcSwap;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::events::EventType as KubeEventType;
-use reconcile_sdk::{Outcome, Requirement};
+use reconcile_sdk::{Action, Outcome, Requirement};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -306,6 +306,27 @@ impl Controller {
             for action in &actions {
                 if let Err(rejection) = check_action(action, manifest, rights, &decision.associated) {
                     return self.reject(action.op(), rejection, &wiring, manifest, &primary).await;
+                }
+            }
+            // An apply of an object the snapshot did not show as the primary's creates
+            // it, unless a foreign namesake exists that the related watch (labelled
+            // objects only) cannot see: read each fresh before anything is written.
+            for action in &actions {
+                let Action::Apply { object } = action else { continue };
+                let (kind, name) = apply_target(object);
+                if decision.associated.contains(&(kind.clone(), name.to_owned())) {
+                    continue;
+                }
+                match wiring.executor.check_apply_target(&kind, name, manifest, &primary).await {
+                    Ok(()) => {}
+                    Err(ActionError::Rejected(rejection)) => {
+                        self.metrics.action(action.op(), "rejected");
+                        return self.reject(action.op(), *rejection, &wiring, manifest, &primary).await;
+                    }
+                    Err(err) => {
+                        self.metrics.action(action.op(), "error");
+                        return self.fail_batch(key, error_chain(&err), requeue);
+                    }
                 }
             }
             let mut conflicted = false;

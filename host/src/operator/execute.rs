@@ -11,6 +11,11 @@
 //! - `delete` and `orphan` re-read the object and re-verify that it is associated
 //!   with the primary before writing (the cache may lag), and the delete carries the
 //!   object's uid as a precondition, so a re-created namesake is never deleted;
+//! - [`Executor::check_apply_target`] reads the target of an `apply` the snapshot did
+//!   not show as the primary's, so that a forced apply never takes over a foreign
+//!   object of the same name (the controller calls it before a batch writes
+//!   anything). What it cannot exclude: a foreign namesake created between that read
+//!   and the apply;
 //! - an action that would change nothing (a finalizer already there, no reference to
 //!   remove, an unchanged status, an object already gone) issues no request;
 //! - every mutating request is counted in `wasm_operator_writes_total`.
@@ -27,6 +32,15 @@ use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporte
 use reconcile_sdk::{Action, EventType, Manifest, PropagationPolicy};
 use serde_json::{Value, json};
 use std::sync::Arc;
+
+/// The kind and name an `apply` targets (empty strings where the object lacks them;
+/// confinement has rejected such objects before they get here).
+pub fn apply_target(object: &Value) -> (KindKey, &str) {
+    let str_field = |f: &str| object.get(f).and_then(Value::as_str).unwrap_or_default();
+    let kind = KindKey::new(str_field("apiVersion"), str_field("kind"));
+    let name = object.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
+    (kind, name)
+}
 
 /// Why an action failed.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +189,19 @@ impl Executor {
         }
     }
 
+    /// Checks that the target of an `apply` either does not exist or is associated
+    /// with the primary: a forced server-side apply would otherwise take over a
+    /// foreign object that shares its name. Issues one read.
+    pub async fn check_apply_target(
+        &self,
+        kind: &KindKey,
+        name: &str,
+        manifest: &Manifest,
+        primary: &PrimaryTarget,
+    ) -> Result<(), ActionError> {
+        self.fresh_associated("apply", kind, name, manifest, primary).await.map(|_| ())
+    }
+
     async fn apply(
         &self,
         object: &Value,
@@ -182,10 +209,7 @@ impl Executor {
         primary: &PrimaryTarget,
     ) -> Result<(), ActionError> {
         let op = "apply";
-        let str_field = |f: &str| object.get(f).and_then(Value::as_str).unwrap_or_default();
-        let kind = KindKey::new(str_field("apiVersion"), str_field("kind"));
-        let name =
-            object.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
+        let (kind, name) = apply_target(object);
         let resource = self.resource(op, &kind, name)?;
         let mut object = object.clone();
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
