@@ -55,7 +55,31 @@ pub fn format_rfc3339(seconds: i64) -> String {
     let days = seconds.div_euclid(86_400);
     let secs = seconds.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    if !(0..=9999).contains(&year) {
+        // Outside what four digits hold (never from a real clock): let `format!` say it.
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        );
+    }
+    // Written digit by digit: this runs on every reconcile, and the formatting
+    // machinery costs more than the rest of this function.
+    let mut text = String::with_capacity(20);
+    let mut push = |value: i64, width: u32, separator: char| {
+        for i in (0..width).rev() {
+            text.push(char::from(b'0' + (value / 10_i64.pow(i) % 10) as u8));
+        }
+        text.push(separator);
+    };
+    push(year, 4, '-');
+    push(month, 2, '-');
+    push(day, 2, 'T');
+    push(secs / 3600, 2, ':');
+    push(secs % 3600 / 60, 2, ':');
+    push(secs % 60, 2, 'Z');
+    text
 }
 
 fn digits(b: &[u8], start: usize, len: usize) -> Option<i64> {
@@ -136,5 +160,15 @@ mod tests {
             let seconds = parse_rfc3339(text).expect("parses");
             assert_eq!(format_rfc3339(seconds), text);
         }
+        // Times spread over four years around 1970, against the formatting machinery.
+        for seconds in (-86_400_i64 * 800..86_400 * 800).step_by(86_400 / 4 + 7).chain([253_402_300_799]) {
+            let days = seconds.div_euclid(86_400);
+            let secs = seconds.rem_euclid(86_400);
+            let (y, m, d) = civil_from_days(days);
+            let expected =
+                format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60);
+            assert_eq!(format_rfc3339(seconds), expected);
+        }
+        assert_eq!(format_rfc3339(253_402_300_800), "10000-01-01T00:00:00Z", "beyond four digits");
     }
 }

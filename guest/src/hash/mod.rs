@@ -31,8 +31,15 @@ impl ObjectHasher {
     pub fn hash<T: Serialize + ?Sized>(&mut self, object: &T) -> Result<String, serde_json::Error> {
         self.buffer.clear();
         encoding::encode(object, &mut self.buffer)?;
-        Ok(format!("{:016x}", xxh3_64(&self.buffer)))
+        Ok(hex(xxh3_64(&self.buffer).into(), 16))
     }
+}
+
+/// The last `digits` hex digits of `value`, zero-padded (`format!("{:0digits$x}")`
+/// without the formatting machinery, which shows in a call this short).
+fn hex(value: u128, digits: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    (0..digits).rev().map(|i| char::from(DIGITS[((value >> (4 * i)) & 0xf) as usize])).collect()
 }
 
 /// Builds the config hash from length-framed parts (so that `("a", "bc")` and
@@ -56,7 +63,7 @@ impl ConfigHasher {
 
     /// The 128-bit hash of the parts so far, as 32 hex digits.
     pub fn finish(&self) -> String {
-        format!("{:032x}", self.state.digest128())
+        hex(self.state.digest128(), 32)
     }
 }
 
@@ -82,6 +89,13 @@ mod tests {
         assert_eq!(a.len(), 16);
         // Pinned: a change of the hash function would re-apply every object once.
         assert_eq!(hasher.hash("x").expect("hashes"), format!("{:016x}", xxh3_64(b"s\x01\0\0\0\0\0\0\0x")));
+    }
+
+    #[test]
+    fn hex_is_zero_padded_lowercase() {
+        assert_eq!(hex(0xab, 16), format!("{:016x}", 0xab));
+        assert_eq!(hex(u128::MAX, 32), "f".repeat(32));
+        assert_eq!(hex(0x1234_5678_9abc_def0_1122_3344_5566_7788, 32), "123456789abcdef01122334455667788");
     }
 
     #[test]
