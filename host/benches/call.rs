@@ -9,6 +9,11 @@
 //! allocation, and for a trivial module (the floor: what the sandbox costs when the
 //! module does nothing).
 //!
+//! The summary also times the same call on a bare wasmtime engine without the
+//! epoch deadline ("no deadline"), for reference only: the host never runs a module
+//! without one. The difference is what the deadline's checks (at every function entry
+//! and loop back-edge) cost this parse-heavy module.
+//!
 //! The module is `target/modules/dittofs-reconciler.wasm` (`make wasm`), or the file
 //! named by `WASM_OPERATOR_BENCH_MODULE`.
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -54,6 +59,54 @@ fn native(input: &[u8]) -> Outcome {
     serde_json::from_str(&json).unwrap()
 }
 
+/// The call the host makes, on a bare engine configured like the host's pooling one
+/// but without epoch interruption (see the module docs).
+struct NoDeadline {
+    store_engine: wasmtime::Engine,
+    pre: wasmtime::InstancePre<()>,
+}
+
+impl NoDeadline {
+    fn new(bytes: &[u8]) -> Self {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_core_instances(4)
+            .total_memories(4)
+            .total_tables(4)
+            .total_component_instances(0)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .max_memory_size(SandboxLimits::default().memory_bytes)
+            .table_keep_resident(64 << 10);
+        if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(2 << 20);
+        }
+        let mut config = wasmtime::Config::new();
+        config.memory_init_cow(true).allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let module = wasmtime::Module::new(&engine, bytes).unwrap();
+        let pre = wasmtime::Linker::new(&engine).instantiate_pre(&module).unwrap();
+        NoDeadline { store_engine: engine, pre }
+    }
+
+    fn call(&self, input: &[u8]) -> Outcome {
+        let mut store = wasmtime::Store::new(&self.store_engine, ());
+        let instance = self.pre.instantiate(&mut store).unwrap();
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        let alloc = instance.get_typed_func::<i32, i32>(&mut store, "reconcile_alloc").unwrap();
+        let reconcile = instance.get_typed_func::<(i32, i32), i64>(&mut store, "reconcile").unwrap();
+        let free = instance.get_typed_func::<(i32, i32), ()>(&mut store, "reconcile_free").unwrap();
+        let len = i32::try_from(input.len()).unwrap();
+        let ptr = alloc.call(&mut store, len).unwrap();
+        memory.write(&mut store, ptr as u32 as usize, input).unwrap();
+        let packed = reconcile.call(&mut store, (ptr, len)).unwrap() as u64;
+        let (out_ptr, out_len) = ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize);
+        let mut output = vec![0; out_len];
+        memory.read(&store, out_ptr, &mut output).unwrap();
+        free.call(&mut store, (out_ptr as i32, out_len as i32)).unwrap();
+        serde_json::from_slice(&output).unwrap()
+    }
+}
+
 /// The golden converged snapshots: a typical DittoServer (~11 KB) and a large one.
 fn inputs() -> Vec<(String, Vec<u8>)> {
     ["converged", "converged-large"]
@@ -80,49 +133,80 @@ fn criterion_benches(c: &mut Criterion, module: &Arc<LoadedModule>, inputs: &[(S
     group.finish();
 }
 
-/// p50 and p90 of `runs` individually timed calls, after a warm-up.
-fn percentiles(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    for _ in 0..runs / 10 {
-        f();
+/// p50 and p90 of `runs` individually timed calls of each of `calls`, after a
+/// warm-up. The calls run in blocks of [`BLOCK`] of the same one (so that each runs
+/// warm, as in a loop of its own), and the blocks take turns, so that the machine's
+/// slow and fast spells fall on all of them alike and their ratios hold even when
+/// absolute times drift.
+fn in_turns<const N: usize>(runs: usize, mut calls: [&mut dyn FnMut(); N]) -> [(Duration, Duration); N] {
+    const BLOCK: usize = 50;
+    for call in calls.iter_mut() {
+        (0..runs / 10).for_each(|_| call());
     }
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    (times[runs / 2], times[runs * 9 / 10])
+    let mut times = [(); N].map(|()| Vec::with_capacity(runs));
+    for _ in 0..runs.div_ceil(BLOCK) {
+        for (call, times) in calls.iter_mut().zip(times.iter_mut()) {
+            for _ in 0..BLOCK {
+                let start = Instant::now();
+                call();
+                times.push(start.elapsed());
+            }
+        }
+    }
+    times.map(|mut times| {
+        times.sort();
+        (times[times.len() / 2], times[times.len() * 9 / 10])
+    })
 }
 
 fn summary(bytes: &[u8], module: &Arc<LoadedModule>, inputs: &[(String, Vec<u8>)]) {
     const RUNS: usize = 3000;
     let on_demand = load(bytes, Allocator::OnDemand);
     let trivial = trivial_module();
-    println!("\nsummary: p50 / p90 of {RUNS} calls each");
+    let no_deadline = NoDeadline::new(bytes);
+    println!("\nsummary: p50 / p90 of {RUNS} calls each, in turns of 50");
     println!(
-        "{:<24} {:>8} {:>20} {:>20} {:>20} {:>8} {:>20}",
-        "input", "bytes", "native", "wasm (pooling)", "wasm (on demand)", "ratio", "trivial module"
+        "{:<18} {:>6} {:>18} {:>18} {:>18} {:>6} {:>18} {:>18} {:>6}",
+        "input",
+        "bytes",
+        "native",
+        "wasm (pooling)",
+        "wasm (on demand)",
+        "ratio",
+        "trivial module",
+        "wasm, no deadline",
+        "ratio"
     );
     let show = |(p50, p90): (Duration, Duration)| format!("{:.1} / {:.1} µs", micros(p50), micros(p90));
     for (name, input) in inputs {
-        let native_time = percentiles(RUNS, || drop(black_box(native(black_box(input)))));
-        let pooled = percentiles(RUNS, || drop(black_box(module.call(black_box(input)).unwrap())));
-        let on_demand_time = percentiles(RUNS, || drop(black_box(on_demand.call(black_box(input)).unwrap())));
-        let floor = percentiles(RUNS, || drop(black_box(trivial.call(black_box(input)).unwrap())));
+        let [native_time, pooled, on_demand_time, floor, bare] = in_turns(
+            RUNS,
+            [
+                &mut || drop(black_box(native(black_box(input)))),
+                &mut || drop(black_box(module.call(black_box(input)).unwrap())),
+                &mut || drop(black_box(on_demand.call(black_box(input)).unwrap())),
+                &mut || drop(black_box(trivial.call(black_box(input)).unwrap())),
+                &mut || drop(black_box(no_deadline.call(black_box(input)))),
+            ],
+        );
+        let ratio = |wasm: (Duration, Duration)| wasm.0.as_secs_f64() / native_time.0.as_secs_f64();
         println!(
-            "{:<24} {:>8} {:>20} {:>20} {:>20} {:>7.2}x {:>20}",
+            "{:<18} {:>6} {:>18} {:>18} {:>18} {:>5.2}x {:>18} {:>18} {:>5.2}x",
             name,
             input.len(),
             show(native_time),
             show(pooled),
             show(on_demand_time),
-            pooled.0.as_secs_f64() / native_time.0.as_secs_f64(),
+            ratio(pooled),
             show(floor),
+            show(bare),
+            ratio(bare),
         );
     }
-    println!("ratio: wasm (pooling) p50 / native p50; trivial module: the sandbox's own cost per call");
+    println!(
+        "ratio: wasm p50 / native p50; trivial module: the sandbox's own cost per call; \
+         no deadline: the same call without epoch interruption (reference only, never how the host runs)"
+    );
 }
 
 fn micros(d: Duration) -> f64 {
@@ -138,6 +222,7 @@ fn main() {
         // The two paths must agree, or the comparison means nothing.
         let wasm = module.call(input).unwrap().outcome;
         assert_eq!(wasm, native(input), "{name}: wasm and native outcomes differ");
+        assert_eq!(NoDeadline::new(&bytes).call(input), wasm, "{name}: the reference call differs");
     }
     let mut criterion = Criterion::default().configure_from_args();
     criterion_benches(&mut criterion, &module, &inputs);
