@@ -24,6 +24,7 @@ use kube::{Client, Config};
 use crate::Cluster;
 use crate::build::build_command;
 use crate::cluster::repo_root;
+use crate::identity::{write_kubeconfig_as, write_private};
 use crate::objects::parse_yaml;
 use crate::operator::{artifact_dir, artifacts};
 
@@ -226,31 +227,11 @@ pub async fn service_account_kubeconfig(
     let token = service_account_token(&cluster.client()?, namespace, name).await?;
     let token_path = dir.join(format!("{stem}.token"));
     write_private(&token_path, token.as_bytes())?;
-    let mut config = match cluster.kubeconfig() {
-        Some(file) => {
-            Kubeconfig::read_from(file).with_context(|| format!("cannot read {}", file.display()))?
-        }
-        None => Kubeconfig::read().context("cannot read the kubeconfig of KUBECONFIG")?,
-    };
-    let context_name =
-        config.current_context.clone().ok_or_else(|| anyhow!("the kubeconfig has no current context"))?;
-    let user_name = config
-        .contexts
-        .iter()
-        .find(|c| c.name == context_name)
-        .and_then(|c| c.context.as_ref())
-        .and_then(|c| c.user.clone())
-        .ok_or_else(|| anyhow!("context {context_name} names no user"))?;
-    let auth = config
-        .auth_infos
-        .iter_mut()
-        .find(|a| a.name == user_name)
-        .ok_or_else(|| anyhow!("the kubeconfig has no user {user_name}"))?;
-    auth.auth_info =
-        Some(AuthInfo { token_file: Some(token_path.to_string_lossy().into_owned()), ..AuthInfo::default() });
     let path = dir.join(format!("{stem}.kubeconfig"));
-    let yaml = serde_yaml_ng::to_string(&config).context("cannot serialize the kubeconfig")?;
-    write_private(&path, yaml.as_bytes())?;
+    write_kubeconfig_as(cluster, &path, |auth| {
+        *auth =
+            AuthInfo { token_file: Some(token_path.to_string_lossy().into_owned()), ..AuthInfo::default() };
+    })?;
     Ok(path)
 }
 
@@ -262,19 +243,6 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
         .await
         .with_context(|| format!("cannot use {}", path.display()))?;
     Client::try_from(config).context("cannot build a client")
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The arguments `make deploy-rbac` passes to `wasm-operator rbac`

@@ -2,8 +2,8 @@
 //! (leader election, another identity's kubeconfig), which a test can kill with
 //! SIGKILL (a crash: the Lease is not released) or stop with SIGTERM.
 //!
-//! [`crate::operator::Operator`] is the one-host-per-test runner; this is its sibling
-//! for tests that need several replicas, extra flags and crashes. The binary and the
+//! [`crate::operator::Operator`], the one-host-per-test runner, is one of these; tests
+//! that need several replicas, extra flags and crashes use them directly. The binary and the
 //! module are the ones [`crate::operator::artifacts`] builds once per test process.
 //! Each replica serves HTTP on an ephemeral loopback port, read back from its JSON
 //! log; logs stay under `target/e2e/<namespace>/` for diagnosis. A replica is killed

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::config::Kubeconfig;
+use kube::config::{AuthInfo, Kubeconfig};
 
 use crate::Cluster;
 
@@ -67,6 +67,16 @@ pub async fn service_account_with_role(
 /// Writes to `path` (mode 0600: it holds the admin's credentials) a copy of the
 /// cluster's kubeconfig whose current user impersonates `user`.
 pub fn write_impersonating_kubeconfig(cluster: &Cluster, user: &str, path: &Path) -> Result<()> {
+    write_kubeconfig_as(cluster, path, |auth| {
+        auth.impersonate = Some(user.to_owned());
+        auth.impersonate_groups = None;
+    })
+}
+
+/// Writes to `path` (mode 0600) a copy of the cluster's kubeconfig (the file the
+/// tests use, or `KUBECONFIG`'s) after `edit` changed the current user's credentials:
+/// same cluster and CA, another identity.
+pub fn write_kubeconfig_as(cluster: &Cluster, path: &Path, edit: impl FnOnce(&mut AuthInfo)) -> Result<()> {
     let mut config = match cluster.kubeconfig() {
         Some(file) => {
             Kubeconfig::read_from(file).with_context(|| format!("cannot read {}", file.display()))?
@@ -87,21 +97,21 @@ pub fn write_impersonating_kubeconfig(cluster: &Cluster, user: &str, path: &Path
         .auth_infos
         .iter_mut()
         .find(|a| a.name == user_name)
-        .and_then(|a| a.auth_info.as_mut())
         .ok_or_else(|| anyhow!("the kubeconfig has no user {user_name}"))?;
-    auth.impersonate = Some(user.to_owned());
-    auth.impersonate_groups = None;
+    edit(auth.auth_info.get_or_insert_with(AuthInfo::default));
     let yaml = serde_yaml_ng::to_string(&config).context("cannot serialize the kubeconfig")?;
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot create {}", path.display()))?
-    };
-    file.write_all(yaml.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    write_private(path, yaml.as_bytes())
+}
+
+/// Writes `bytes` to `path`, readable by its owner only (credentials).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -17,21 +17,16 @@
 //! prebuilt files instead.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::OnceCell;
 
 use crate::build::build_command;
 use crate::cluster::{Cluster, repo_root};
-use crate::wait::{DEFAULT_TIMEOUT, wait_until};
+use crate::host_process::{HostOptions, HostProcess};
 
 /// Names a prebuilt `wasm-operator` binary to run instead of building one.
 pub const HOST_ENV: &str = "E2E_WASM_OPERATOR";
@@ -190,12 +185,12 @@ pub fn artifact_dir(namespace: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A running `wasm-operator run`, killed on drop.
+/// A running `wasm-operator run` as the tests' one host: a [`HostProcess`] named
+/// `operator`, started ready. Everything else ([`HostProcess::get`],
+/// [`HostProcess::metrics`], its log) comes through `Deref`; killed on drop.
 #[derive(Debug)]
 pub struct Operator {
-    child: Mutex<Option<Child>>,
-    addr: SocketAddr,
-    log: PathBuf,
+    host: HostProcess,
 }
 
 impl Operator {
@@ -208,164 +203,27 @@ impl Operator {
     /// Starts the host with `kubeconfig` (default: the cluster's own), watching only
     /// `namespace`, and waits until it is ready.
     pub async fn start_with(cluster: &Cluster, namespace: &str, kubeconfig: Option<&Path>) -> Result<Self> {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let artifacts = artifacts().await?;
-        let log = artifact_dir(namespace)?
-            .join(format!("operator-{}.log", STARTED.fetch_add(1, Ordering::Relaxed)));
-        let file = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = Command::new(&artifacts.host);
-        command
-            .args(["--log-format", "json", "run", "--http-addr", "127.0.0.1:0", "--namespace", namespace])
-            .arg("--module")
-            .arg(&artifacts.module)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().context("cannot share the log file")?)
-            .stderr(file);
-        // The process gets the same cluster as the tests; without an explicit file
-        // it inherits KUBECONFIG, which is how `cluster()` found the cluster too.
-        if let Some(path) = kubeconfig.or(cluster.kubeconfig()) {
-            command.env("KUBECONFIG", path);
+        let mut options = HostOptions::new(namespace, "operator");
+        if let Some(path) = kubeconfig {
+            options = options.kubeconfig(path);
         }
-        let child = command.spawn().with_context(|| format!("cannot start {}", artifacts.host.display()))?;
-        let mut operator =
-            Self { child: Mutex::new(Some(child)), addr: SocketAddr::from(([127, 0, 0, 1], 0)), log };
-        operator.addr = operator.wait_for_addr().await?;
-        let this = &operator;
-        wait_until(
-            format!("the host to be ready (log: {})", this.log.display()),
-            DEFAULT_TIMEOUT,
-            || async move {
-                this.check_alive()?;
-                Ok((this.get("/readyz").await.is_ok_and(|(code, _)| code == 200)).then_some(()))
-            },
-        )
-        .await?;
-        Ok(operator)
-    }
-
-    /// Reads the address the HTTP server bound from the host's JSON log.
-    async fn wait_for_addr(&self) -> Result<SocketAddr> {
-        let this = self;
-        wait_until(
-            format!("the host to serve HTTP (log: {})", this.log.display()),
-            DEFAULT_TIMEOUT,
-            || async move {
-                this.check_alive()?;
-                for line in this.log_lines() {
-                    if line
-                        .get("message")
-                        .and_then(|m| m.as_str())
-                        .is_some_and(|m| m.starts_with("serving /metrics"))
-                        && let Some(addr) = line.get("addr").and_then(|a| a.as_str())
-                    {
-                        return Ok(Some(
-                            addr.parse::<SocketAddr>().with_context(|| format!("bad addr {addr:?}"))?,
-                        ));
-                    }
-                }
-                Ok(None)
-            },
-        )
-        .await
-    }
-
-    /// Fails (with the log's tail) when the process has exited.
-    fn check_alive(&self) -> Result<()> {
-        let mut child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(child) = child.as_mut() else { bail!("the host was stopped") };
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "the host exited ({status}); the end of its log ({}):\n{}",
-                self.log.display(),
-                self.log_tail(30)
-            );
-        }
-        Ok(())
-    }
-
-    /// The address of the host's HTTP endpoints.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The host's log file (JSON lines).
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-
-    /// The host's log so far, one JSON value per line (lines that are not JSON are
-    /// kept as strings).
-    pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|_| serde_json::Value::String(line.to_owned()))
-            })
-            .collect()
-    }
-
-    /// The last `lines` lines of the log, for failure messages.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// A plain HTTP GET against the host: status code and body.
-    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
-            stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await?;
-            anyhow::Ok(response)
-        };
-        let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .with_context(|| format!("GET {path}: no answer"))?
-            .with_context(|| format!("GET {path}"))?;
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        Ok((code, body.to_owned()))
-    }
-
-    /// The host's `/metrics`, parsed.
-    pub async fn metrics(&self) -> Result<Metrics> {
-        let (code, body) = self.get("/metrics").await?;
-        if code != 200 {
-            bail!("/metrics answered {code}: {body}");
-        }
-        Ok(Metrics::parse(&body))
+        let host = HostProcess::spawn(cluster, options).await?;
+        host.wait_ready().await?;
+        Ok(Self { host })
     }
 
     /// Stops the host with SIGTERM (as Kubernetes would) and waits for it to exit;
-    /// SIGKILL after 30 seconds.
+    /// fails when it does not within 30 seconds (it is killed then).
     pub fn stop(self) -> Result<ExitStatus> {
-        let taken = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        let Some(mut child) = taken else { bail!("the host was already stopped") };
-        let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        if term.is_ok_and(|s| s.success()) {
-            for _ in 0..300 {
-                if let Some(status) = child.try_wait()? {
-                    return Ok(status);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        child.kill()?;
-        Ok(child.wait()?)
+        self.host.terminate()
     }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(mut child) = child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+impl std::ops::Deref for Operator {
+    type Target = HostProcess;
+
+    fn deref(&self) -> &HostProcess {
+        &self.host
     }
 }
 
