@@ -156,18 +156,27 @@ impl Cluster {
         self.collect_if_released();
     }
 
-    /// What the host would send: the primary, the associated objects, no requirements.
+    /// What the host would send: the primary and the associated objects without
+    /// `metadata.managedFields` (the host drops them: host/src/operator/snapshot.rs),
+    /// and the answers to the requirements.
     pub fn snapshot(&self, required: Vec<RequiredObject>) -> Snapshot {
+        let as_sent = |object: &Value| {
+            let mut object = object.clone();
+            if let Some(metadata) = object["metadata"].as_object_mut() {
+                metadata.remove("managedFields");
+            }
+            object
+        };
         let related = self
             .objects
             .values()
             .filter(|object| object["metadata"]["labels"][OWNER_LABEL] == NAME)
-            .cloned()
+            .map(as_sent)
             .collect();
         Snapshot {
             abi: 1,
             now: self.now.clone(),
-            object: self.primary().clone(),
+            object: as_sent(self.primary()),
             related,
             required,
             last_failure: self.last_failure.clone(),
