@@ -291,6 +291,51 @@ async fn forbidden_actions_are_rejected_and_nothing_is_written() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_required_object_no_watch_sees_is_polled() -> Result<()> {
+    // A ConfigMap without the owner label: the related watch never lists it, so only
+    // polling brings its change to the module.
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-unwatched").await?;
+    let ns = ns.name().to_owned();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let source = |value: &str| json!({"metadata": {"name": "source"}, "data": {"v": value}});
+    cms.create(&PostParams::default(), &serde_json::from_value(source("1"))?).await?;
+
+    let module = NativeModule::new(mirror_manifest(), |_| Outcome::Actions {
+        actions: Vec::new(),
+        requires: vec![Requirement {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "source".into(),
+        }],
+        requeue_after_seconds: None,
+    });
+    let op = start_operator(&client, module.clone(), &ns).await?;
+    wait_ready(&op).await?;
+    create_mirror(&client, &ns, "m", json!({})).await?;
+    let seen = |value: &'static str| {
+        let module = module.clone();
+        move || {
+            let module = module.clone();
+            async move {
+                let calls = module.calls.lock().unwrap();
+                Ok(calls
+                    .iter()
+                    .any(|s| {
+                        s.required.iter().any(|r| r.object.as_ref().is_some_and(|o| o["data"]["v"] == value))
+                    })
+                    .then_some(()))
+            }
+        }
+    };
+    eventually("the module to read the source", seen("1")).await?;
+    cms.patch("source", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "2"}}))).await?;
+    eventually("the module to read the changed source", seen("2")).await?;
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn snapshot_capture_answers_requirements_without_secret_values() -> Result<()> {
     let (cluster, client) = cluster().await?;
     let ns = TestNamespace::create(cluster, "op-snapshot").await?;

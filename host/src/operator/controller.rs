@@ -34,11 +34,33 @@ use arc_swap::ArcSwap;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::events::EventType as KubeEventType;
-use reconcile_sdk::{Action, Outcome, Requirement};
+use reconcile_sdk::{Action, Outcome, RequiredObject, Requirement};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tracing::Instrument;
+
+/// How often a primary is reconciled again while it requires an object that no watch
+/// sees (see [`requires_unwatched`]).
+pub const UNWATCHED_REQUIREMENT_POLL: Duration = Duration::from_secs(15);
+
+/// Whether some required object is one whose change no watch reports: an object of a
+/// related kind (not also a `reads` kind) without the owner label, or not there at
+/// all. The related watches list only labelled objects (the others can never be
+/// associated), so such a requirement is polled instead of watched.
+fn requires_unwatched(required: &[RequiredObject], manifest: &reconcile_sdk::Manifest) -> bool {
+    required.iter().any(|answer| {
+        let is =
+            |kinds: &[reconcile_sdk::KindRef]| kinds.iter().any(|k| k.is(&answer.api_version, &answer.kind));
+        let labelled = answer
+            .object
+            .as_ref()
+            .and_then(|object| object.pointer("/metadata/labels"))
+            .and_then(|labels| labels.get(&manifest.owner_label))
+            .is_some();
+        is(&manifest.related) && !is(&manifest.reads) && !labelled
+    })
+}
 
 /// How often one reconcile re-reads the primary and decides again after a guarded
 /// patch conflicted, before giving up until the next trigger.
@@ -293,6 +315,14 @@ impl Controller {
                 Outcome::Actions { actions, requires, requeue_after_seconds } => {
                     (actions, requires, requeue_after_seconds.map(Duration::from_secs))
                 }
+            };
+            // A required object no watch sees (see `requires_unwatched`) is polled.
+            let requeue = if requires_unwatched(&decision.snapshot.required, manifest) {
+                Some(
+                    requeue.map_or(UNWATCHED_REQUIREMENT_POLL, |asked| asked.min(UNWATCHED_REQUIREMENT_POLL)),
+                )
+            } else {
+                requeue
             };
             let targets = requires
                 .iter()

@@ -13,8 +13,8 @@
 //! [`start`] is the one place watches are set up; a hot swap whose manifest changes
 //! the kinds drops the [`Watches`] (aborting its tasks) and calls it again.
 //! Requirements on an object of a related kind that lacks the owner label are not
-//! watched (the related watch filters on the label); the module sees them fresh on
-//! its next reconcile.
+//! watched (the related watch filters on the label): the controller polls a primary
+//! that has one (`UNWATCHED_REQUIREMENT_POLL`).
 
 use super::discovery::{KindLookup, KindRegistry, resolve};
 use super::index::{KindKey, ObjectKey, ObjectStore, RelatedStore, RequirementIndex, RequirementTarget};
