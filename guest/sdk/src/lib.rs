@@ -33,7 +33,11 @@
 //!
 //! With feature `bump-alloc`, the plain wasm32 build uses a bump allocator as its
 //! global allocator (fast, never reuses memory: right for the host's fresh instance
-//! per call; ignored for the `js` build and natively).
+//! per call; ignored for the `js` build and natively). It allocates from
+//! `__heap_base` up: a module that declares enough initial memory for a typical call
+//! (linker argument `--initial-memory`, as `guest/build.rs` does for the DittoFS
+//! module) never grows its memory, which is the cheapest call wasmtime's pooling
+//! allocator can make.
 
 pub mod abi;
 #[cfg(all(target_arch = "wasm32", feature = "bump-alloc", not(feature = "js")))]
