@@ -35,6 +35,34 @@ pub struct Object<T>(pub Option<T>);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct List<T>(pub Option<Vec<T>>);
 
+/// The XXH3-64 digest of a string, or `None` for any other JSON value: compares a
+/// long string (a configuration file) with what it should be without copying it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StrDigest(pub Option<u64>);
+
+impl StrDigest {
+    /// The digest `text` has.
+    pub fn of(text: &str) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+    }
+}
+
+impl<'de> Lenient<'de> for StrDigest {
+    fn from_str(value: Cow<'de, str>) -> Self {
+        Self::from_str_ref(&value)
+    }
+
+    fn from_str_ref(value: &str) -> Self {
+        StrDigest(Some(Self::of(value)))
+    }
+}
+
+impl<'de> Deserialize<'de> for StrDigest {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserialize_lenient(deserializer)
+    }
+}
+
 /// A field that must have one JSON type when present: read as such, absent (missing
 /// or `null`), or of another type, which the module reports instead of ignoring.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -98,6 +126,12 @@ trait Lenient<'de>: Default {
         Self::other("a string")
     }
 
+    /// A string that had to be unescaped, lent for the call only; copied into
+    /// [`Lenient::from_str`] unless the type needs no copy.
+    fn from_str_ref(value: &str) -> Self {
+        Self::from_str(Cow::Owned(value.to_owned()))
+    }
+
     fn from_i64(_: i64) -> Self {
         Self::other("a number")
     }
@@ -134,7 +168,7 @@ impl<'de, T: Lenient<'de>> Visitor<'de> for LenientVisitor<T> {
 
     fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
         // A string that had to be unescaped: it cannot be borrowed from the input.
-        Ok(T::from_str(Cow::Owned(value.to_owned())))
+        Ok(T::from_str_ref(value))
     }
 
     fn visit_string<E: de::Error>(self, value: String) -> Result<T, E> {
@@ -395,6 +429,15 @@ mod tests {
         assert_eq!(wrong.o.0.get(), Err("a boolean"));
         assert_eq!(read(r#"{"n":1.5}"#).n, Field::Wrong("a number"));
         assert_eq!(read(r#"{"n":18446744073709551615}"#).n, Field::Wrong("a number out of range"));
+    }
+
+    #[test]
+    fn digests_read_escaped_and_plain_strings_alike() {
+        let escaped: StrDigest = serde_json::from_str(r#""a\nb""#).expect("decodes");
+        let plain: StrDigest = serde_json::from_str(r#""ab""#).expect("decodes");
+        assert_eq!(escaped.0, Some(StrDigest::of("a\nb")));
+        assert_eq!(plain.0, Some(StrDigest::of("ab")));
+        assert_eq!(serde_json::from_str::<StrDigest>("[1]").expect("decodes").0, None);
     }
 
     #[test]

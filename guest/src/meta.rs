@@ -143,8 +143,25 @@ pub struct Related<'a> {
     /// The `spec` fields the module reads of this kind, unparsed: a StatefulSet's
     /// `volumeClaimTemplates`, all of a Percona cluster's; none of other kinds.
     pub spec: lenient::RawFields<'a>,
+    /// What people edit by hand, compared with the desired object on every
+    /// reconcile (the applied-hash annotation survives such edits).
+    pub hand_edits: HandEditable<'a>,
     /// `status`.
     pub status: RelatedStatus<'a>,
+}
+
+/// The fields of an owned object that people change by hand (`kubectl scale`,
+/// `kubectl set image`, `kubectl edit`), read so that such an edit is reverted
+/// although the object still carries the hash of what was applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HandEditable<'a> {
+    /// A StatefulSet's `spec.replicas`.
+    pub replicas: Option<i64>,
+    /// A StatefulSet's container images, in order.
+    pub images: Option<Vec<Cow<'a, str>>>,
+    /// The digest ([`lenient::StrDigest`]) of a ConfigMap's configuration file
+    /// ([`crate::names::CONFIG_FILE_KEY`]).
+    pub config: Option<u64>,
 }
 
 /// The status fields the module reads (StatefulSet counts and revisions, the
@@ -175,15 +192,17 @@ struct WireObject<'a> {
     metadata: lenient::Object<WireMeta<'a>>,
     spec: lenient::RawFields<'a>,
     status: lenient::Object<WireStatus<'a>>,
+    hand_edits: HandEditable<'a>,
 }
 
-/// How much of an observed object's `spec` the module reads, by kind: only the
-/// claim templates of a StatefulSet, all of a Percona cluster (to adopt it with
-/// its spec verbatim), nothing of the others. Skipped specs are scanned, never
-/// kept: most of a snapshot's bytes are specs.
+/// How much of an observed object's `spec` the module reads, by kind: of a
+/// StatefulSet, the claim templates and what is edited by hand ([`HandEditable`]);
+/// all of a Percona cluster (to adopt it with its spec verbatim); nothing of the
+/// others. Skipped specs are scanned, never kept: most of a snapshot's bytes are
+/// specs.
 fn spec_read(kind: &str) -> SpecRead {
     match kind {
-        "StatefulSet" => SpecRead::ClaimTemplates,
+        "StatefulSet" => SpecRead::StatefulSet,
         PERCONA_KIND => SpecRead::Everything,
         _ => SpecRead::Nothing,
     }
@@ -192,15 +211,53 @@ fn spec_read(kind: &str) -> SpecRead {
 /// See [`spec_read`].
 enum SpecRead {
     Nothing,
-    ClaimTemplates,
+    StatefulSet,
     Everything,
 }
 
-/// The claim templates of a StatefulSet's spec, as text.
-#[derive(Deserialize)]
-struct WireClaimTemplates<'a> {
-    #[serde(borrow, default, rename = "volumeClaimTemplates")]
-    templates: Option<&'a RawValue>,
+/// What the module reads of a StatefulSet's spec: the claim templates as text, the
+/// replicas and the container images.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireStatefulSetSpec<'a> {
+    #[serde(borrow, default)]
+    volume_claim_templates: Option<&'a RawValue>,
+    #[serde(default)]
+    replicas: lenient::Int,
+    #[serde(borrow, default)]
+    template: lenient::Object<WirePodTemplate<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct WirePodTemplate<'a> {
+    #[serde(borrow, default)]
+    spec: lenient::Object<WirePodSpec<'a>>,
+}
+
+#[derive(Default, Deserialize)]
+struct WirePodSpec<'a> {
+    #[serde(borrow, default)]
+    containers: lenient::List<lenient::Object<WireContainer<'a>>>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireContainer<'a> {
+    #[serde(borrow, default)]
+    image: lenient::Str<'a>,
+}
+
+impl<'a> WirePodTemplate<'a> {
+    fn images(self) -> Option<Vec<Cow<'a, str>>> {
+        let containers = self.spec.0?.containers.0?;
+        Some(containers.into_iter().map(|c| c.0.and_then(|c| c.image.0).unwrap_or_default()).collect())
+    }
+}
+
+/// A ConfigMap's `data`, as far as the module reads it.
+#[derive(Default, Deserialize)]
+struct WireConfigData {
+    #[serde(default, rename = "config.yaml")]
+    config: lenient::StrDigest,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for WireObject<'a> {
@@ -235,18 +292,38 @@ impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
                             map.next_value::<IgnoredAny>()?;
                             lenient::RawFields::default()
                         }
-                        SpecRead::ClaimTemplates => {
+                        SpecRead::StatefulSet => {
                             let lenient::Object(spec) =
-                                map.next_value::<lenient::Object<WireClaimTemplates<'a>>>()?;
-                            lenient::RawFields(spec.map(|spec| {
-                                spec.templates
+                                map.next_value::<lenient::Object<WireStatefulSetSpec<'a>>>()?;
+                            let spec = spec.unwrap_or_default();
+                            object.hand_edits.replicas = spec.replicas.0;
+                            object.hand_edits.images = spec.template.0.and_then(WirePodTemplate::images);
+                            let templates = spec.volume_claim_templates;
+                            lenient::RawFields(Some(
+                                templates
                                     .map(|t| (Cow::Borrowed("volumeClaimTemplates"), t))
                                     .into_iter()
-                                    .collect()
-                            }))
+                                    .collect(),
+                            ))
                         }
-                        SpecRead::Everything => map.next_value()?,
+                        SpecRead::Everything => {
+                            let fields: lenient::RawFields<'a> = map.next_value()?;
+                            // A StatefulSet whose spec came before its kind.
+                            object.hand_edits.replicas =
+                                fields.get("replicas").and_then(|raw| serde_json::from_str(raw.get()).ok());
+                            object.hand_edits.images = fields
+                                .get("template")
+                                .and_then(|raw| serde_json::from_str::<WirePodTemplate<'a>>(raw.get()).ok())
+                                .and_then(WirePodTemplate::images);
+                            fields
+                        }
                     }
+                }
+                // Read whatever the kind: `data` sorts before `kind` in the host's
+                // JSON. Only ConfigMaps have it among the related kinds.
+                Some("data") => {
+                    let lenient::Object(data) = map.next_value::<lenient::Object<WireConfigData>>()?;
+                    object.hand_edits.config = data.and_then(|data| data.config.0);
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -331,6 +408,7 @@ impl<'a> Related<'a> {
                 .filter_map(|owner| owner.0?.uid.0)
                 .collect(),
             spec: wire.spec,
+            hand_edits: wire.hand_edits,
             status: RelatedStatus {
                 observed_generation: status.observed_generation.0,
                 replicas: status.replicas.0,

@@ -235,6 +235,39 @@ async fn replicas_zero_stops_the_server() -> Result<()> {
     Ok(())
 }
 
+/// Hand edits are reverted: `kubectl scale` of the StatefulSet and `kubectl edit` of
+/// the configuration keep the applied-hash annotation, and the operator still puts
+/// back what the DittoServer says.
+#[tokio::test]
+async fn hand_edits_of_owned_objects_are_reverted() -> Result<()> {
+    let s = Scenario::start("hand-edit").await?;
+    let name = "nas";
+    s.create_running_server(name, minimal_spec()).await?;
+    let config_map = names::config_map(name);
+    let config = s.config_maps().get(&config_map).await?.data.unwrap_or_default();
+
+    let patch = |value: Value| kube::api::Patch::Merge(value);
+    let params = kube::api::PatchParams::default();
+    s.statefulsets().patch(name, &params, &patch(json!({"spec": {"replicas": 3}}))).await?;
+    s.config_maps()
+        .patch(&config_map, &params, &patch(json!({"data": {"config.yaml": "edited: true\n"}})))
+        .await?;
+
+    let this = &s;
+    wait_until("the StatefulSet scaled back to 1", DEFAULT_TIMEOUT, || async move {
+        Ok((this.statefulsets().get(name).await?.spec.replicas == Some(1)).then_some(()))
+    })
+    .await?;
+    let config_map = &config_map;
+    let config = &config;
+    wait_until("the configuration restored", DEFAULT_TIMEOUT, || async move {
+        let data = this.config_maps().get(config_map).await?.data.unwrap_or_default();
+        Ok((&data == config).then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
 /// Scenario 3. Turning metrics on creates the metrics Service (owned, labelled, port
 /// `metrics`); turning them off deletes it, and only it.
 #[tokio::test]

@@ -55,8 +55,8 @@ impl<'a> Owner<'a> {
     }
 }
 
-/// Queues an apply of `desired` unless `observed` already carries its hash; returns
-/// whether it did.
+/// Queues an apply of `desired` unless `observed` already carries its hash and was
+/// not edited by hand ([`Owned::edited_by_hand`]); returns whether it did.
 ///
 /// The hash is taken before the annotation is added, over the object exactly as it is
 /// sent, so any change to what the module would send (spec, module version) re-applies.
@@ -68,7 +68,10 @@ pub fn apply_if_changed<K: Owned>(
     actions: &mut Vec<Action>,
 ) -> Result<bool, ReconcileError> {
     let hash = hasher.hash(&desired)?;
-    if observed.and_then(Related::applied_hash) == Some(hash.as_str()) {
+    if let Some(observed) = observed
+        && observed.applied_hash() == Some(hash.as_str())
+        && !desired.edited_by_hand(&observed.hand_edits)
+    {
         return Ok(false);
     }
     desired.set_applied_hash(hash);

@@ -7,6 +7,7 @@
 //! field names checked by the compiler. The typed core/v1 structs of k8s-openapi would
 //! do the same at twice the module's size.
 
+use crate::meta::HandEditable;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -145,6 +146,13 @@ impl<'a> OwnerReference<'a> {
 pub trait Owned: Serialize {
     /// Records the hash of the object as applied.
     fn set_applied_hash(&mut self, hash: String);
+
+    /// Whether the observed object was edited by hand away from this desired one in
+    /// a field people edit ([`HandEditable`]); such an edit keeps the applied hash,
+    /// so it is looked for separately.
+    fn edited_by_hand(&self, _observed: &HandEditable<'_>) -> bool {
+        false
+    }
 }
 
 macro_rules! owned {
@@ -156,7 +164,29 @@ macro_rules! owned {
         }
     )*};
 }
-owned!(ConfigMap, Service, StatefulSet);
+owned!(Service);
+
+impl Owned for ConfigMap<'_> {
+    fn set_applied_hash(&mut self, hash: String) {
+        self.metadata.annotations.applied_hash = Some(hash);
+    }
+
+    fn edited_by_hand(&self, observed: &HandEditable<'_>) -> bool {
+        observed.config != Some(crate::lenient::StrDigest::of(&self.data.config))
+    }
+}
+
+impl Owned for StatefulSet<'_> {
+    fn set_applied_hash(&mut self, hash: String) {
+        self.metadata.annotations.applied_hash = Some(hash);
+    }
+
+    fn edited_by_hand(&self, observed: &HandEditable<'_>) -> bool {
+        let images = self.spec.template.spec.containers.iter().map(|c| c.image);
+        observed.replicas != Some(i64::from(self.spec.replicas))
+            || !observed.images.as_ref().is_some_and(|observed| observed.iter().map(|i| &**i).eq(images))
+    }
+}
 
 /// A ConfigMap holding the configuration file.
 #[derive(Serialize, Debug, Clone)]
