@@ -17,13 +17,11 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// A string, or `None` for any other JSON value.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Str<'a>(pub Option<Cow<'a, str>>);
+/// A string ([`Field::present`] for "a string, or nothing").
+pub type Str<'a> = Field<Cow<'a, str>>;
 
-/// An integer that fits an `i64`, or `None` for any other JSON value.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Int(pub Option<i64>);
+/// An integer that fits an `i64` ([`Field::present`] for "an integer, or nothing").
+pub type Int = Field<i64>;
 
 /// A JSON object decoded as `T` (a struct of lenient fields, so that any object
 /// decodes), or `None` for any other JSON value.
@@ -63,8 +61,9 @@ impl<'de> Deserialize<'de> for StrDigest {
     }
 }
 
-/// A field that must have one JSON type when present: read as such, absent (missing
-/// or `null`), or of another type, which the module reports instead of ignoring.
+/// A value of one expected JSON type: read as such, absent (missing or `null`), or of
+/// another type. [`Field::present`] reads the last two alike (an observed object's
+/// odd field); [`Field::get`] tells them apart, for an error that names the field.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub enum Field<T> {
     /// Missing or `null`.
@@ -77,6 +76,22 @@ pub enum Field<T> {
 }
 
 impl<T> Field<T> {
+    /// The value when of the expected type; `None` when absent or of another.
+    pub fn present(self) -> Option<T> {
+        match self {
+            Field::Present(value) => Some(value),
+            Field::Absent | Field::Wrong(_) => None,
+        }
+    }
+
+    /// The value, borrowed, when of the expected type.
+    pub fn as_present(&self) -> Option<&T> {
+        match self {
+            Field::Present(value) => Some(value),
+            Field::Absent | Field::Wrong(_) => None,
+        }
+    }
+
     /// The value; `Ok(None)` when absent, `Err(found)` when of another type.
     pub fn get(self) -> Result<Option<T>, &'static str> {
         match self {
@@ -212,34 +227,6 @@ fn deserialize_lenient<'de, T: Lenient<'de>, D: Deserializer<'de>>(deserializer:
     deserializer.deserialize_any(LenientVisitor(PhantomData))
 }
 
-impl<'de: 'a, 'a> Lenient<'de> for Str<'a> {
-    fn from_str(value: Cow<'de, str>) -> Self {
-        Str(Some(value))
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_lenient(deserializer)
-    }
-}
-
-impl Lenient<'_> for Int {
-    fn from_i64(value: i64) -> Self {
-        Int(Some(value))
-    }
-
-    fn from_u64(value: u64) -> Self {
-        Int(i64::try_from(value).ok())
-    }
-}
-
-impl<'de> Deserialize<'de> for Int {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserialize_lenient(deserializer)
-    }
-}
-
 impl<'de, T: Deserialize<'de>> Lenient<'de> for Object<T> {
     fn from_map<A: MapAccess<'de>>(map: A) -> Result<Self, A::Error> {
         T::deserialize(MapAccessDeserializer::new(map)).map(|value| Object(Some(value)))
@@ -317,10 +304,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectField<T> {
 impl<'de: 'a, 'a> Lenient<'de> for RawFields<'a> {
     fn from_map<A: MapAccess<'de>>(mut map: A) -> Result<Self, A::Error> {
         let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(0).min(32));
-        while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
+        while let Some(key) = map.next_key::<Str<'de>>()? {
             let value: &'de RawValue = map.next_value()?;
             // JSON object keys are strings; `Str` only reads as absent for others.
-            fields.push((key.unwrap_or_default(), value));
+            fields.push((key.present().unwrap_or_default(), value));
         }
         Ok(RawFields(Some(fields)))
     }
@@ -375,20 +362,33 @@ mod tests {
         serde_json::from_str::<Sample<'_>>(json).expect("any JSON object decodes")
     }
 
+    /// Name, count, inner `n` and items, as a consumer reads them.
+    type Seen = (Option<String>, Option<i64>, Option<Option<i64>>, Option<Vec<Option<i64>>>);
+
+    /// What a consumer sees: each field's value when of the expected type.
+    fn seen(sample: Sample<'_>) -> Seen {
+        (
+            sample.name.present().map(Cow::into_owned),
+            sample.count.present(),
+            sample.inner.0.map(|inner| inner.n.present()),
+            sample.items.0.map(|items| items.into_iter().map(Field::present).collect()),
+        )
+    }
+
     #[test]
     fn expected_types_are_read() {
         let sample =
             read(r#"{"name":"a\"b","count":-3,"inner":{"n":4,"x":[1]},"items":[1,"2",3],"other":{}}"#);
-        assert_eq!(sample.name.0.as_deref(), Some("a\"b"));
-        assert_eq!(sample.count, Int(Some(-3)));
-        assert_eq!(sample.inner.0, Some(Inner { n: Int(Some(4)) }));
-        assert_eq!(sample.items.0, Some(vec![Int(Some(1)), Int(None), Int(Some(3))]));
+        assert_eq!(
+            seen(sample),
+            (Some("a\"b".into()), Some(-3), Some(Some(4)), Some(vec![Some(1), None, Some(3)]))
+        );
     }
 
     #[test]
     fn borrowed_when_unescaped() {
         let sample = read(r#"{"name":"plain"}"#);
-        assert!(matches!(sample.name.0, Some(Cow::Borrowed("plain"))));
+        assert!(matches!(sample.name, Field::Present(Cow::Borrowed("plain"))));
     }
 
     #[test]
@@ -400,10 +400,10 @@ mod tests {
             r#"{"name":[],"count":{},"inner":null,"items":7}"#,
         ];
         for json in odd {
-            assert_eq!(read(json), Sample::default(), "{json}");
+            assert_eq!(seen(read(json)), (None, None, None, None), "{json}");
         }
         let sample = read(r#"{"name":[1,[2]],"count":9}"#);
-        assert_eq!(sample.count, Int(Some(9)), "a skipped value keeps the decoder in step");
+        assert_eq!(sample.count, Field::Present(9), "a skipped value keeps the decoder in step");
     }
 
     #[test]
@@ -421,7 +421,7 @@ mod tests {
         let present = read(r#"{"s":"x","n":-2,"o":{"n":1}}"#);
         assert_eq!(present.s, Field::Present(Cow::Borrowed("x")));
         assert_eq!(present.n, Field::Present(-2));
-        assert_eq!(present.o.0, Field::Present(Inner { n: Int(Some(1)) }));
+        assert_eq!(present.o.0, Field::Present(Inner { n: Field::Present(1) }));
         let absent = read(r#"{"s":null,"n":null}"#);
         assert_eq!((absent.s, absent.n, absent.o.0), (Field::Absent, Field::Absent, Field::Absent));
         let wrong = read(r#"{"s":[1],"n":"1","o":true}"#);

@@ -100,7 +100,7 @@ impl<'a> PrimaryMeta<'a> {
                 .0
                 .unwrap_or_default()
                 .iter()
-                .any(|f| f.0.as_deref() == Some(FINALIZER)),
+                .any(|f| f.as_present().map(|f| &**f) == Some(FINALIZER)),
         })
     }
 
@@ -249,7 +249,9 @@ struct WireContainer<'a> {
 impl<'a> WirePodTemplate<'a> {
     fn images(self) -> Option<Vec<Cow<'a, str>>> {
         let containers = self.spec.0?.containers.0?;
-        Some(containers.into_iter().map(|c| c.0.and_then(|c| c.image.0).unwrap_or_default()).collect())
+        Some(
+            containers.into_iter().map(|c| c.0.and_then(|c| c.image.present()).unwrap_or_default()).collect(),
+        )
     }
 }
 
@@ -277,8 +279,8 @@ impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut object = WireObject::default();
-        while let Some(lenient::Str(key)) = map.next_key::<lenient::Str<'de>>()? {
-            match key.as_deref() {
+        while let Some(key) = map.next_key::<lenient::Str<'de>>()? {
+            match key.present().as_deref() {
                 Some("apiVersion") => object.api_version = map.next_value()?,
                 Some("kind") => object.kind = map.next_value()?,
                 Some("metadata") => object.metadata = map.next_value()?,
@@ -286,7 +288,7 @@ impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
                 Some("spec") => {
                     // The API server writes `kind` before `spec`; should a snapshot
                     // not, the whole spec is kept, which reads the same.
-                    let read = object.kind.0.as_deref().map_or(SpecRead::Everything, spec_read);
+                    let read = object.kind.as_present().map_or(SpecRead::Everything, |kind| spec_read(kind));
                     object.spec = match read {
                         SpecRead::Nothing => {
                             map.next_value::<IgnoredAny>()?;
@@ -296,7 +298,7 @@ impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
                             let lenient::Object(spec) =
                                 map.next_value::<lenient::Object<WireStatefulSetSpec<'a>>>()?;
                             let spec = spec.unwrap_or_default();
-                            object.hand_edits.replicas = spec.replicas.0;
+                            object.hand_edits.replicas = spec.replicas.present();
                             object.hand_edits.images = spec.template.0.and_then(WirePodTemplate::images);
                             let templates = spec.volume_claim_templates;
                             lenient::RawFields(Some(
@@ -395,28 +397,28 @@ impl<'a> Related<'a> {
         let metadata = wire.metadata.0.unwrap_or_default();
         let status = wire.status.0.unwrap_or_default();
         Related {
-            api_version: wire.api_version.0.unwrap_or_default(),
-            kind: wire.kind.0.unwrap_or_default(),
-            name: metadata.name.0.unwrap_or_default(),
-            generation: metadata.generation.0,
-            applied_hash: metadata.annotations.0.and_then(|annotations| annotations.applied_hash.0),
+            api_version: wire.api_version.present().unwrap_or_default(),
+            kind: wire.kind.present().unwrap_or_default(),
+            name: metadata.name.present().unwrap_or_default(),
+            generation: metadata.generation.present(),
+            applied_hash: metadata.annotations.0.and_then(|annotations| annotations.applied_hash.present()),
             owner_uids: metadata
                 .owner_references
                 .0
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|owner| owner.0?.uid.0)
+                .filter_map(|owner| owner.0?.uid.present())
                 .collect(),
             spec: wire.spec,
             hand_edits: wire.hand_edits,
             status: RelatedStatus {
-                observed_generation: status.observed_generation.0,
-                replicas: status.replicas.0,
-                ready_replicas: status.ready_replicas.0,
-                available_replicas: status.available_replicas.0,
-                current_revision: status.current_revision.0,
-                update_revision: status.update_revision.0,
-                state: status.state.0,
+                observed_generation: status.observed_generation.present(),
+                replicas: status.replicas.present(),
+                ready_replicas: status.ready_replicas.present(),
+                available_replicas: status.available_replicas.present(),
+                current_revision: status.current_revision.present(),
+                update_revision: status.update_revision.present(),
+                state: status.state.present(),
             },
         }
     }
