@@ -22,10 +22,11 @@ mod operator_support;
 
 use anyhow::{Context as _, Result, bail};
 use e2e::build::build_command;
+use e2e::converge::{Percona, Servers};
+use e2e::dittofs::{dittoservers, percona_clusters};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt as _};
 use operator_support::*;
 use serde_json::{Value, json};
@@ -203,48 +204,13 @@ async fn module_endpoint(op: &RunningOperator) -> Result<Value> {
     Ok(serde_json::from_str(body)?)
 }
 
-fn dittoservers() -> ApiResource {
-    ApiResource {
-        group: "dittofs.dittofs.com".into(),
-        version: "v1alpha1".into(),
-        api_version: "dittofs.dittofs.com/v1alpha1".into(),
-        kind: "DittoServer".into(),
-        plural: "dittoservers".into(),
-    }
-}
-
-fn perconas() -> ApiResource {
-    ApiResource {
-        group: "pgv2.percona.com".into(),
-        version: "v2".into(),
-        api_version: "pgv2.percona.com/v2".into(),
-        kind: "PerconaPGCluster".into(),
-        plural: "perconapgclusters".into(),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Percona {
-    Off,
-    Keep,
-    DeleteWithServer,
-}
-
 async fn create_server(
     client: &Client,
     namespace: &str,
     name: &str,
     percona: Percona,
 ) -> Result<DynamicObject> {
-    let mut spec = json!({"storage": {"metadataSize": "1Gi"}});
-    match percona {
-        Percona::Off => {}
-        Percona::Keep => spec["percona"] = json!({"enabled": true, "deleteWithServer": false}),
-        Percona::DeleteWithServer => spec["percona"] = json!({"enabled": true, "deleteWithServer": true}),
-    }
-    let object = json!({"apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
-        "metadata": {"name": name}, "spec": spec});
-    e2e::apply(client, Some(namespace), &object).await
+    Servers::new(client.clone(), namespace).create(name, percona).await
 }
 
 /// Whether `name` is converged without a kubelet: finalizer, phase Pending, and its
@@ -476,7 +442,7 @@ async fn a_swap_during_deletions_handles_every_finalizer_as_the_spec_says() -> R
     push(&client, &ns, &v1).await?;
     let op = start(&client, &ns).await?;
     let servers: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &dittoservers());
-    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &perconas());
+    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &percona_clusters());
 
     let plan: Vec<(String, Percona)> = (0..8)
         .map(|i| (format!("del-{i}"), if i % 2 == 0 { Percona::Keep } else { Percona::DeleteWithServer }))

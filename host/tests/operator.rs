@@ -635,13 +635,7 @@ async fn wat_fixture(name: &str) -> Result<Arc<wasm_operator::operator::module::
 #[tokio::test]
 async fn the_forbidden_wat_fixtures_are_rejected_and_nothing_is_written() -> Result<()> {
     let (cluster, client) = cluster().await?;
-    let dittoservers = kube::discovery::ApiResource {
-        group: "dittofs.dittofs.com".into(),
-        version: "v1alpha1".into(),
-        api_version: "dittofs.dittofs.com/v1alpha1".into(),
-        kind: "DittoServer".into(),
-        plural: "dittoservers".into(),
-    };
+    let dittoservers = e2e::dittofs::dittoservers();
     for fixture in [
         "forbidden-apply-other-namespace",
         "forbidden-apply-unlisted-kind",

@@ -9,37 +9,15 @@ use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
-use kube::discovery::ApiResource;
 use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
 
+use crate::dittofs::{dittoservers, percona_clusters};
 use crate::objects::apply;
 use crate::wait::{DEFAULT_TIMEOUT, wait_until};
 
 /// The finalizer the module puts on every DittoServer.
 pub const FINALIZER: &str = "dittofs.dittofs.com/finalizer";
-
-/// The DittoServer resource.
-pub fn dittoservers() -> ApiResource {
-    ApiResource {
-        group: "dittofs.dittofs.com".into(),
-        version: "v1alpha1".into(),
-        api_version: "dittofs.dittofs.com/v1alpha1".into(),
-        kind: "DittoServer".into(),
-        plural: "dittoservers".into(),
-    }
-}
-
-/// The PerconaPGCluster resource (its CRD is a test fixture).
-pub fn percona_clusters() -> ApiResource {
-    ApiResource {
-        group: "pgv2.percona.com".into(),
-        version: "v2".into(),
-        api_version: "pgv2.percona.com/v2".into(),
-        kind: "PerconaPGCluster".into(),
-        plural: "perconapgclusters".into(),
-    }
-}
 
 /// How a DittoServer uses Percona.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
