@@ -347,16 +347,10 @@ impl Controller {
                 if decision.associated.contains(&(kind.clone(), name.to_owned())) {
                     continue;
                 }
-                match wiring.executor.check_apply_target(&kind, name, manifest, &primary).await {
-                    Ok(()) => {}
-                    Err(ActionError::Rejected(rejection)) => {
-                        self.metrics.action(action.op(), "rejected");
-                        return self.reject(action.op(), *rejection, &wiring, manifest, &primary).await;
-                    }
-                    Err(err) => {
-                        self.metrics.action(action.op(), "error");
-                        return self.fail_batch(key, error_chain(&err), requeue);
-                    }
+                if let Err(err) = wiring.executor.check_apply_target(&kind, name, manifest, &primary).await {
+                    return self
+                        .stop_batch(action.op(), err, key, requeue, &wiring, manifest, &primary)
+                        .await;
                 }
             }
             let mut conflicted = false;
@@ -378,13 +372,10 @@ impl Controller {
                         conflicted = true;
                         break;
                     }
-                    Err(ActionError::Rejected(rejection)) => {
-                        self.metrics.action(action.op(), "rejected");
-                        return self.reject(action.op(), *rejection, &wiring, manifest, &primary).await;
-                    }
                     Err(err) => {
-                        self.metrics.action(action.op(), "error");
-                        return self.fail_batch(key, error_chain(&err), requeue);
+                        return self
+                            .stop_batch(action.op(), err, key, requeue, &wiring, manifest, &primary)
+                            .await;
                     }
                 }
             }
@@ -428,6 +419,32 @@ impl Controller {
         let delay = self.failures().failed(key, message.clone());
         let delay = requeue.map_or(delay, |asked| delay.min(asked));
         Verdict::Failed { message, retry: Some(delay) }
+    }
+
+    /// Ends a batch at an action that failed other than by a conflict: a rejection
+    /// found by a fresh read is reported as any rejection, anything else fails the
+    /// batch (retried with backoff).
+    #[allow(clippy::too_many_arguments)]
+    async fn stop_batch(
+        &self,
+        op: &'static str,
+        err: ActionError,
+        key: &ObjectKey,
+        requeue: Option<Duration>,
+        wiring: &Wiring,
+        manifest: &reconcile_sdk::Manifest,
+        primary: &PrimaryTarget,
+    ) -> Verdict {
+        match err {
+            ActionError::Rejected(rejection) => {
+                self.metrics.action(op, "rejected");
+                self.reject(op, *rejection, wiring, manifest, primary).await
+            }
+            err => {
+                self.metrics.action(op, "error");
+                self.fail_batch(key, error_chain(&err), requeue)
+            }
+        }
     }
 
     async fn reject(
