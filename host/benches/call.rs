@@ -9,8 +9,8 @@
 //! allocation, and for a trivial module (the floor: what the sandbox costs when the
 //! module does nothing).
 //!
-//! The summary also times the same call on a bare wasmtime engine without the
-//! epoch deadline ("no deadline"), for reference only: the host never runs a module
+//! The summary also times the same call on the host's engine configuration without
+//! the epoch deadline ("no deadline"), for reference only: the host never runs a module
 //! without one. The difference is what the deadline's checks (at every function entry
 //! and loop back-edge) cost this parse-heavy module.
 //!
@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasm_operator::runtime::{
     Allocator, EngineOptions, LoadedModule, ModuleCache, SandboxEngine, SandboxLimits,
+    engine_without_deadline,
 };
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -59,8 +60,8 @@ fn native(input: &[u8]) -> Outcome {
     serde_json::from_str(&json).unwrap()
 }
 
-/// The call the host makes, on a bare engine configured like the host's pooling one
-/// but without epoch interruption (see the module docs).
+/// The call the host makes, on the host's pooling engine configuration without epoch
+/// interruption (see the module docs).
 struct NoDeadline {
     store_engine: wasmtime::Engine,
     pre: wasmtime::InstancePre<()>,
@@ -68,21 +69,7 @@ struct NoDeadline {
 
 impl NoDeadline {
     fn new(bytes: &[u8]) -> Self {
-        let mut pool = wasmtime::PoolingAllocationConfig::new();
-        pool.total_core_instances(4)
-            .total_memories(4)
-            .total_tables(4)
-            .total_component_instances(0)
-            .max_memories_per_module(1)
-            .max_tables_per_module(1)
-            .max_memory_size(SandboxLimits::default().memory_bytes)
-            .table_keep_resident(64 << 10);
-        if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.pagemap_scan(wasmtime::Enabled::Yes).linear_memory_keep_resident(2 << 20);
-        }
-        let mut config = wasmtime::Config::new();
-        config.memory_init_cow(true).allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
-        let engine = wasmtime::Engine::new(&config).unwrap();
+        let engine = engine_without_deadline(&SandboxLimits::default(), &EngineOptions::default()).unwrap();
         let module = wasmtime::Module::new(&engine, bytes).unwrap();
         let pre = wasmtime::Linker::new(&engine).instantiate_pre(&module).unwrap();
         NoDeadline { store_engine: engine, pre }
@@ -179,7 +166,7 @@ fn summary(bytes: &[u8], module: &Arc<LoadedModule>, inputs: &[(String, Vec<u8>)
     );
     let show = |(p50, p90): (Duration, Duration)| format!("{:.1} / {:.1} µs", micros(p50), micros(p90));
     for (name, input) in inputs {
-        let [native_time, pooled, on_demand_time, floor, bare] = in_turns(
+        let [native_time, pooled, on_demand_time, floor, no_deadline_time] = in_turns(
             RUNS,
             [
                 &mut || drop(black_box(native(black_box(input)))),
@@ -199,8 +186,8 @@ fn summary(bytes: &[u8], module: &Arc<LoadedModule>, inputs: &[(String, Vec<u8>)
             show(on_demand_time),
             ratio(pooled),
             show(floor),
-            show(bare),
-            ratio(bare),
+            show(no_deadline_time),
+            ratio(no_deadline_time),
         );
     }
     println!(

@@ -202,6 +202,19 @@ impl SandboxEngine {
     }
 }
 
+/// The host's pooling engine configuration without epoch interruption, for the
+/// `call` benchmark's reference column only: what the deadline's checks cost. A
+/// module on this engine runs without a deadline; the host never runs one so.
+#[doc(hidden)]
+pub fn engine_without_deadline(
+    limits: &SandboxLimits,
+    options: &EngineOptions,
+) -> Result<Engine, EngineError> {
+    let mut config = config(limits, options, None, true);
+    config.epoch_interruption(false);
+    Engine::new(&config).map_err(|err| EngineError::Config(err.into()))
+}
+
 fn config(limits: &SandboxLimits, options: &EngineOptions, cache: Option<Cache>, pooling: bool) -> Config {
     let mut config = Config::new();
     config

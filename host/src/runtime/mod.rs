@@ -41,7 +41,9 @@ mod module;
 pub use active::ActiveModule;
 pub use call::{CallError, CallStage, Reply};
 pub use caller::ModuleCaller;
-pub use engine::{Allocator, EngineError, EngineOptions, ModuleCache, SandboxEngine};
+pub use engine::{
+    Allocator, EngineError, EngineOptions, ModuleCache, SandboxEngine, engine_without_deadline,
+};
 pub use limits::{LimitsError, MAX_MEMORY_BYTES, MAX_STACK_BYTES, MIN_STACK_BYTES, SandboxLimits};
 pub use manifest::{ManifestError, validate_manifest};
 pub use module::{LoadError, LoadedModule};
