@@ -35,10 +35,7 @@ pub async fn service_account_with_role(
 ) -> Result<String> {
     let meta = || ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() };
     let params = PostParams::default();
-    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create(&params, &ServiceAccount { metadata: meta(), ..ServiceAccount::default() })
-        .await
-        .with_context(|| format!("cannot create ServiceAccount {name}"))?;
+    create_service_account(client, namespace, name).await?;
     Api::<Role>::namespaced(client.clone(), namespace)
         .create(&params, &Role { metadata: meta(), rules: Some(rules) })
         .await
@@ -62,6 +59,19 @@ pub async fn service_account_with_role(
         .await
         .with_context(|| format!("cannot create RoleBinding {name}"))?;
     Ok(format!("system:serviceaccount:{namespace}:{name}"))
+}
+
+/// Creates ServiceAccount `namespace/name`, with no rights of its own.
+pub async fn create_service_account(client: &Client, namespace: &str, name: &str) -> Result<()> {
+    let account = ServiceAccount {
+        metadata: ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() },
+        ..ServiceAccount::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &account)
+        .await
+        .with_context(|| format!("cannot create ServiceAccount {name}"))?;
+    Ok(())
 }
 
 /// Writes to `path` (mode 0600: it holds the admin's credentials) a copy of the

@@ -4,7 +4,7 @@
 
 use anyhow::{Context as _, Result, ensure};
 use e2e::{DEFAULT_TIMEOUT, TestNamespace, cluster, wait_until};
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -150,15 +150,7 @@ async fn rbac_denies_a_service_account_without_permissions() -> Result<()> {
     let ns = TestNamespace::create(cluster, "rbac").await?;
     let admin = cluster.client()?;
     let account = "no-permissions";
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns.name())
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta { name: Some(account.to_owned()), ..ObjectMeta::default() },
-                ..ServiceAccount::default()
-            },
-        )
-        .await?;
+    e2e::identity::create_service_account(&admin, ns.name(), account).await?;
 
     // The admin (system:masters) may impersonate; the request is then decided
     // by the service account's own permissions.

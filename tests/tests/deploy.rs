@@ -23,7 +23,7 @@ use e2e::{TestNamespace, apply_yaml, cluster, parse_yaml};
 use k8s_openapi::api::apps::v1::Deployment as AppsDeployment;
 use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
@@ -329,22 +329,33 @@ async fn converge_and_delete_as(ns: &str, kubeconfig: &std::path::Path, admin: C
     Ok(())
 }
 
+/// Applies the deploy/ overlay into `namespace`, and writes a kubeconfig of its
+/// ServiceAccount (a fresh token, none of the admin's credentials).
+async fn deploy_and_log_in(
+    cluster: &e2e::Cluster,
+    namespace: &str,
+) -> Result<(Kubectl, Deployment, std::path::PathBuf)> {
+    let kubectl = Kubectl::new(cluster);
+    let deployment = Deployment::overlay(cluster, namespace)?;
+    deployment.apply(&kubectl, &[])?;
+    let kubeconfig = service_account_kubeconfig(
+        cluster,
+        namespace,
+        &deployment.service_account(),
+        &test_dir(namespace)?,
+        "operator",
+    )
+    .await?;
+    Ok((kubectl, deployment, kubeconfig))
+}
+
 #[tokio::test]
 async fn the_deployed_rbac_is_enough_to_converge_and_delete() -> Result<()> {
     let cluster = cluster().await?;
     let admin = cluster.client()?;
     let ns = TestNamespace::create(cluster, "deploy-rbac").await?;
-    let kubectl = Kubectl::new(cluster);
-    let deployment = Deployment::overlay(cluster, ns.name())?;
-    deployment.apply(&kubectl, &[])?;
-    let kubeconfig = service_account_kubeconfig(
-        cluster,
-        ns.name(),
-        &deployment.service_account(),
-        &test_dir(ns.name())?,
-        "operator",
-    )
-    .await?;
+    // Kept until the end: dropping the Deployment deletes what it applied.
+    let (_kubectl, _deployment, kubeconfig) = deploy_and_log_in(cluster, ns.name()).await?;
     converge_and_delete_as(ns.name(), &kubeconfig, admin).await
 }
 
@@ -354,15 +365,7 @@ async fn the_namespaced_rbac_is_enough_to_converge_and_delete() -> Result<()> {
     let admin = cluster.client()?;
     let ns = TestNamespace::create(cluster, "deploy-ns-rbac").await?;
     let account = "wasm-operator";
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns.name())
-        .create(
-            &PostParams::default(),
-            &ServiceAccount {
-                metadata: ObjectMeta { name: Some(account.to_owned()), ..ObjectMeta::default() },
-                ..ServiceAccount::default()
-            },
-        )
-        .await?;
+    e2e::identity::create_service_account(&admin, ns.name(), account).await?;
     let args: Vec<String> = ["--namespace", ns.name(), "--operator-namespace", ns.name()]
         .into_iter()
         .map(str::to_owned)
@@ -395,17 +398,7 @@ async fn writes_outside_the_deployed_rbac_are_denied() -> Result<()> {
     let cluster = cluster().await?;
     let admin = cluster.client()?;
     let ns = TestNamespace::create(cluster, "deploy-tight").await?;
-    let kubectl = Kubectl::new(cluster);
-    let deployment = Deployment::overlay(cluster, ns.name())?;
-    deployment.apply(&kubectl, &[])?;
-    let kubeconfig = service_account_kubeconfig(
-        cluster,
-        ns.name(),
-        &deployment.service_account(),
-        &test_dir(ns.name())?,
-        "operator",
-    )
-    .await?;
+    let (kubectl, deployment, kubeconfig) = deploy_and_log_in(cluster, ns.name()).await?;
     let operator = client_from_kubeconfig(&kubeconfig).await?;
     let namespace = ns.name();
 
