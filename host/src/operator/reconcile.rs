@@ -325,30 +325,39 @@ mod tests {
         assert!(!associated.contains(&(KindKey::new("v1", "ConfigMap"), "foreign".to_owned())));
     }
 
-    /// Asks for a new `Source` every call.
-    struct Greedy(Mutex<Vec<Snapshot>>);
+    /// Asks for a new object of one kind (`s1`, `s2`, ...) on every call.
+    struct Asking {
+        api_version: &'static str,
+        kind: &'static str,
+        calls: Mutex<Vec<Snapshot>>,
+    }
 
-    impl Module for Greedy {
+    impl Asking {
+        fn new(api_version: &'static str, kind: &'static str) -> Self {
+            Asking { api_version, kind, calls: Mutex::new(Vec::new()) }
+        }
+    }
+
+    impl Module for Asking {
         fn manifest(&self) -> &Manifest {
             unreachable!("not used by decide")
         }
         fn digest(&self) -> &str {
-            "sha256:greedy"
+            "sha256:asking"
         }
         fn reconcile(
             &self,
             json: Vec<u8>,
         ) -> BoxFuture<'static, Result<(Outcome, Duration), ModuleCallError>> {
             let snapshot = reconcile_sdk::decode_snapshot(&json).expect("a valid snapshot");
-            let mut calls = self.0.lock().expect("not poisoned");
+            let mut calls = self.calls.lock().expect("not poisoned");
             calls.push(snapshot);
-            let name = format!("s{}", calls.len());
             let outcome = Outcome::Actions {
                 actions: Vec::new(),
                 requires: vec![Requirement {
-                    api_version: "example.com/v1".into(),
-                    kind: "Source".into(),
-                    name,
+                    api_version: self.api_version.into(),
+                    kind: self.kind.into(),
+                    name: format!("s{}", calls.len()),
                 }],
                 requeue_after_seconds: None,
             };
@@ -356,15 +365,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn requirements_are_answered_and_a_module_that_keeps_asking_fails_after_four_rounds() {
+    /// Decides for `module` with the test manifest and primary, against a client that
+    /// must never be used (every read the tests cause is of an absent kind).
+    async fn decide_offline(module: &dyn Module) -> Result<Decision, DecideError> {
         let manifest = manifest();
         let kinds = registry(&manifest);
-        // Never used: the only kind read is absent, which is answered with null.
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("a url")))
             .expect("a client");
         let primary = primary();
-        let module = Greedy(Mutex::new(Vec::new()));
         let input = DecideInput {
             manifest: &manifest,
             kinds: &kinds,
@@ -376,10 +384,17 @@ mod tests {
             now: "2026-11-26T12:00:00Z".into(),
             metrics: None,
         };
-        let err = decide(&module, input).await.expect_err("never satisfied");
+        decide(module, input).await
+    }
+
+    #[tokio::test]
+    async fn requirements_are_answered_and_a_module_that_keeps_asking_fails_after_four_rounds() {
+        // The only kind read is absent, which is answered with null.
+        let module = Asking::new("example.com/v1", "Source");
+        let err = decide_offline(&module).await.expect_err("never satisfied");
         assert!(matches!(err, DecideError::TooManyRounds { .. }), "{err}");
         assert!(err.to_string().contains("after 4 rounds"), "{err}");
-        let calls = module.0.lock().expect("not poisoned");
+        let calls = module.calls.lock().expect("not poisoned");
         assert_eq!(calls.len(), MAX_ROUNDS);
         // Each round answers exactly what the previous one asked for.
         assert!(calls[0].required.is_empty());
@@ -391,47 +406,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_requirement_of_an_unlisted_kind_is_rejected_before_any_read() {
-        struct AsksForPods;
-        impl Module for AsksForPods {
-            fn manifest(&self) -> &Manifest {
-                unreachable!("not used by decide")
-            }
-            fn digest(&self) -> &str {
-                "sha256:pods"
-            }
-            fn reconcile(
-                &self,
-                _: Vec<u8>,
-            ) -> BoxFuture<'static, Result<(Outcome, Duration), ModuleCallError>> {
-                let outcome = Outcome::Actions {
-                    actions: Vec::new(),
-                    requires: vec![Requirement {
-                        api_version: "v1".into(),
-                        kind: "Pod".into(),
-                        name: "x".into(),
-                    }],
-                    requeue_after_seconds: None,
-                };
-                Box::pin(async move { Ok((outcome, Duration::ZERO)) })
-            }
-        }
-        let manifest = manifest();
-        let kinds = registry(&manifest);
-        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().expect("a url")))
-            .expect("a client");
-        let primary = primary();
-        let input = DecideInput {
-            manifest: &manifest,
-            kinds: &kinds,
-            client: &client,
-            primary: &primary,
-            claimed: Vec::new(),
-            remembered: Vec::new(),
-            last_failure: None,
-            now: "2026-11-26T12:00:00Z".into(),
-            metrics: None,
-        };
-        let err = decide(&AsksForPods, input).await.expect_err("rejected");
+        let module = Asking::new("v1", "Pod");
+        let err = decide_offline(&module).await.expect_err("rejected");
         assert!(matches!(err, DecideError::Rejected(_)), "{err}");
+        assert_eq!(module.calls.lock().expect("not poisoned").len(), 1, "no second round");
     }
 }
