@@ -232,3 +232,54 @@ fn a_converged_call_fits_the_initial_memory() {
         assert_eq!(guest.memory.data_size(&guest.store), initial, "{name}: the call grew memory");
     }
 }
+
+#[test]
+fn deeply_nested_input_is_answered_as_natively() {
+    // Values nested to serde_json's recursion limit, wherever a snapshot may carry
+    // them, must be answered as natively, within the module's stack (linked first in
+    // memory, so an overflow would trap; a 12 KiB stack was seen to suffice); nested
+    // past the limit, they are the same error outcome.
+    let (engine, module) = setup();
+    let converged: serde_json::Value = serde_json::from_slice(
+        &fs::read(manifest_dir().join("tests/golden/converged.snapshot.json")).expect("read"),
+    )
+    .expect("parses");
+    // `depth` levels of arrays and objects, alternating.
+    let nested = |depth: usize| {
+        let mut value = serde_json::json!({"leaf": 1});
+        for _ in 0..depth / 2 {
+            value = serde_json::json!([{ "a": value }]);
+        }
+        value
+    };
+    let places: [&[&str]; 6] = [
+        &["object", "status", "extra"],
+        &["object", "spec", "extra"],
+        &["object", "metadata", "annotations", "extra"],
+        &["related", "1", "status", "extra"],
+        &["related", "5", "spec", "extra"],
+        &["related", "0", "data", "extra"],
+    ];
+    for depth in [120, 126, 400] {
+        for place in places {
+            let mut snapshot = converged.clone();
+            let (last, parents) = place.split_last().expect("a path");
+            let mut at = &mut snapshot;
+            for key in parents {
+                at = match key.parse::<usize>() {
+                    Ok(index) => &mut at[index],
+                    Err(_) => &mut at[*key],
+                };
+            }
+            at[*last] = nested(depth);
+            let input = serde_json::to_vec(&snapshot).expect("encodes");
+            let mut guest = Guest::new(&engine, &module);
+            let output = guest.reconcile(&input);
+            assert_eq!(
+                output,
+                reconcile_sdk::run_json_raw(&input, dittofs_reconciler::reconcile_raw),
+                "depth {depth} at {place:?}"
+            );
+        }
+    }
+}
