@@ -153,15 +153,29 @@ pub struct Related<'a> {
 /// The fields of an owned object that people change by hand (`kubectl scale`,
 /// `kubectl set image`, `kubectl edit`), read so that such an edit is reverted
 /// although the object still carries the hash of what was applied.
+///
+/// Each is compared the way server-side apply merges it, so that what another
+/// writer added beside the module's own (a sidecar container) never reads as an
+/// edit: applying again could not remove it, and the module would apply on every
+/// reconcile.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HandEditable<'a> {
     /// A StatefulSet's `spec.replicas`.
     pub replicas: Option<i64>,
-    /// A StatefulSet's container images, in order.
-    pub images: Option<Vec<Cow<'a, str>>>,
+    /// A StatefulSet's containers (a list keyed by name).
+    pub containers: Option<Vec<ObservedContainer<'a>>>,
     /// The digest ([`lenient::StrDigest`]) of a ConfigMap's configuration file
     /// ([`crate::names::CONFIG_FILE_KEY`]).
     pub config: Option<u64>,
+}
+
+/// A container of an observed StatefulSet's pod template.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ObservedContainer<'a> {
+    /// `name`.
+    pub name: Option<Cow<'a, str>>,
+    /// `image`.
+    pub image: Option<Cow<'a, str>>,
 }
 
 /// The status fields the module reads (StatefulSet counts and revisions, the
@@ -216,7 +230,7 @@ enum SpecRead {
 }
 
 /// What the module reads of a StatefulSet's spec: the claim templates as text, the
-/// replicas and the container images.
+/// replicas and the containers' names and images.
 #[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireStatefulSetSpec<'a> {
@@ -243,14 +257,20 @@ struct WirePodSpec<'a> {
 #[derive(Default, Deserialize)]
 struct WireContainer<'a> {
     #[serde(borrow, default)]
+    name: lenient::Str<'a>,
+    #[serde(borrow, default)]
     image: lenient::Str<'a>,
 }
 
 impl<'a> WirePodTemplate<'a> {
-    fn images(self) -> Option<Vec<Cow<'a, str>>> {
+    fn containers(self) -> Option<Vec<ObservedContainer<'a>>> {
         let containers = self.spec.0?.containers.0?;
         Some(
-            containers.into_iter().map(|c| c.0.and_then(|c| c.image.present()).unwrap_or_default()).collect(),
+            containers
+                .into_iter()
+                .map(|c| c.0.unwrap_or_default())
+                .map(|c| ObservedContainer { name: c.name.present(), image: c.image.present() })
+                .collect(),
         )
     }
 }
@@ -299,7 +319,8 @@ impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
                                 map.next_value::<lenient::Object<WireStatefulSetSpec<'a>>>()?;
                             let spec = spec.unwrap_or_default();
                             object.hand_edits.replicas = spec.replicas.present();
-                            object.hand_edits.images = spec.template.0.and_then(WirePodTemplate::images);
+                            object.hand_edits.containers =
+                                spec.template.0.and_then(WirePodTemplate::containers);
                             let templates = spec.volume_claim_templates;
                             lenient::RawFields(Some(
                                 templates
@@ -313,10 +334,10 @@ impl<'de: 'a, 'a> Visitor<'de> for WireObjectVisitor<'a> {
                             // A StatefulSet whose spec came before its kind.
                             object.hand_edits.replicas =
                                 fields.get("replicas").and_then(|raw| serde_json::from_str(raw.get()).ok());
-                            object.hand_edits.images = fields
+                            object.hand_edits.containers = fields
                                 .get("template")
                                 .and_then(|raw| serde_json::from_str::<WirePodTemplate<'a>>(raw.get()).ok())
-                                .and_then(WirePodTemplate::images);
+                                .and_then(WirePodTemplate::containers);
                             fields
                         }
                     }
@@ -634,15 +655,19 @@ mod tests {
         // A StatefulSet's claim templates only; all of its spec when `kind` comes
         // after it (not from the API server, but the result is the same).
         let claims = r#"[{"metadata":{"name":"x"},"spec":{"resources":{"requests":{"storage":"1Gi"}}}}]"#;
-        let kind_first =
-            format!(r#"{{"kind":"StatefulSet","spec":{{"replicas":1,"volumeClaimTemplates":{claims}}}}}"#);
-        let spec_first =
-            format!(r#"{{"spec":{{"replicas":1,"volumeClaimTemplates":{claims}}},"kind":"StatefulSet"}}"#);
-        for (text, fields) in [(kind_first, 1), (spec_first, 2)] {
+        let spec = format!(
+            r#"{{"replicas":1,"volumeClaimTemplates":{claims},"template":{{"spec":{{"containers":[{{"name":"c","image":"i"}},7]}}}}}}"#
+        );
+        let kind_first = format!(r#"{{"kind":"StatefulSet","spec":{spec}}}"#);
+        let spec_first = format!(r#"{{"spec":{spec},"kind":"StatefulSet"}}"#);
+        for (text, fields) in [(kind_first, 1), (spec_first, 3)] {
             let raw = RawValue::from_string(text).expect("raw");
             let sts = Related::read(&raw).expect("decodes");
             assert_eq!(sts.spec.get("volumeClaimTemplates").map(RawValue::get), Some(claims));
             assert_eq!(sts.spec.0.map(|f| f.len()), Some(fields));
+            assert_eq!(sts.hand_edits.replicas, Some(1));
+            let container = ObservedContainer { name: Some("c".into()), image: Some("i".into()) };
+            assert_eq!(sts.hand_edits.containers, Some(vec![container, ObservedContainer::default()]));
         }
         assert_eq!(observed.find("v1", "ConfigMap", "b").and_then(Related::applied_hash), None);
         assert!(observed.find("v1", "Service", "b").is_none());

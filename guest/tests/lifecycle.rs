@@ -85,25 +85,29 @@ fn reconciling_what_was_applied_gives_no_action() {
 }
 
 #[test]
-fn hand_edits_of_replicas_image_and_config_are_reverted() {
+fn hand_edits_of_replicas_containers_and_config_are_reverted() {
     type Edit = fn(&mut Cluster);
-    let edits: [(&str, &str, Edit); 4] = [
-        ("kubectl scale", "StatefulSet", |c| {
+    let edits: [(&str, &str, &str, Edit); 5] = [
+        ("kubectl scale", "StatefulSet", NAME, |c| {
             c.object_mut("StatefulSet", NAME)["spec"]["replicas"] = 3.into()
         }),
-        ("kubectl set image", "StatefulSet", |c| {
+        ("kubectl set image", "StatefulSet", NAME, |c| {
             c.object_mut("StatefulSet", NAME)["spec"]["template"]["spec"]["containers"][0]["image"] =
                 "attacker/dittofs:evil".into();
         }),
-        ("kubectl edit configmap", "ConfigMap", |c| {
+        ("a renamed container", "StatefulSet", NAME, |c| {
+            c.object_mut("StatefulSet", NAME)["spec"]["template"]["spec"]["containers"][0]["name"] =
+                "other".into();
+        }),
+        ("kubectl edit configmap", "ConfigMap", "nas-config", |c| {
             c.object_mut("ConfigMap", "nas-config")["data"]["config.yaml"] =
                 "logging: {level: DEBUG}\n".into();
         }),
-        ("a deleted configuration key", "ConfigMap", |c| {
+        ("a deleted configuration key", "ConfigMap", "nas-config", |c| {
             c.object_mut("ConfigMap", "nas-config")["data"] = json!({});
         }),
     ];
-    for (what, kind, edit) in edits {
+    for (what, kind, name, edit) in edits {
         let mut cluster = cluster(with_jwt(plain()));
         cluster.converge();
         cluster.statefulset_ready();
@@ -111,15 +115,18 @@ fn hand_edits_of_replicas_image_and_config_are_reverted() {
         // The edit keeps the applied-hash annotation, as kubectl does.
         edit(&mut cluster);
         let outcome = cluster.reconcile();
-        let name = if kind == "StatefulSet" { NAME } else { "nas-config" };
         assert!(applied(&outcome, kind, name).is_some(), "{what}: {:?}", ops(&outcome));
+        let applies = ops(&outcome).iter().filter(|op| op.starts_with("apply ")).count();
+        assert_eq!(applies, 1, "{what}: only the edited object is applied");
         assert_eq!(cluster.converge(), 0, "{what}: quiet once reverted");
     }
-    // Other fields are not compared: a default the API server or another tool set
-    // changes nothing.
+    // Other fields, and what other writers add beside the module's (which applying
+    // again could not remove), are not compared: no apply.
     let mut cluster = cluster(with_jwt(plain()));
     cluster.converge();
     cluster.object_mut("StatefulSet", NAME)["spec"]["revisionHistoryLimit"] = 3.into();
+    let containers = &mut cluster.object_mut("StatefulSet", NAME)["spec"]["template"]["spec"]["containers"];
+    containers.as_array_mut().expect("containers").insert(0, json!({"name": "sidecar", "image": "proxy:1"}));
     cluster.object_mut("ConfigMap", "nas-config")["data"]["other.yaml"] = "x: 1".into();
     assert_eq!(ops(&cluster.reconcile()), Vec::<String>::new());
 }

@@ -182,9 +182,16 @@ impl Owned for StatefulSet<'_> {
     }
 
     fn edited_by_hand(&self, observed: &HandEditable<'_>) -> bool {
-        let images = self.spec.template.spec.containers.iter().map(|c| c.image);
-        observed.replicas != Some(i64::from(self.spec.replicas))
-            || !observed.images.as_ref().is_some_and(|observed| observed.iter().map(|i| &**i).eq(images))
+        // Each of the module's containers, by name, with its image; other writers'
+        // containers do not count.
+        let containers_kept = observed.containers.as_ref().is_some_and(|observed| {
+            self.spec.template.spec.containers.iter().all(|container| {
+                observed.iter().any(|o| {
+                    o.name.as_deref() == Some(container.name) && o.image.as_deref() == Some(container.image)
+                })
+            })
+        });
+        observed.replicas != Some(i64::from(self.spec.replicas)) || !containers_kept
     }
 }
 
