@@ -460,7 +460,8 @@ async fn versions(s: &Scenario, name: &str) -> Result<Vec<(String, Option<String
 /// answers a requirement) gets no write over several reconciles, triggered by
 /// metadata changes of the primary: the host's write counter stays flat and no
 /// object's resourceVersion moves. (A Secret change as the trigger is covered by
-/// `config_hash_follows_the_spec_and_referenced_secrets`.)
+/// `config_hash_follows_the_spec_and_referenced_secrets`.) Its StatefulSet carries a
+/// sidecar container another tool added, which the operator leaves alone.
 #[tokio::test]
 async fn a_converged_server_is_never_written() -> Result<()> {
     let s = Scenario::start("idle").await?;
@@ -472,6 +473,12 @@ async fn a_converged_server_is_never_written() -> Result<()> {
                "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}}}}),
     )
     .await?;
+    // A strategic merge patch merges containers by name, as an injector would.
+    let sidecar =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "proxy:1"}]}}}});
+    let params = kube::api::PatchParams { field_manager: Some("injector".into()), ..Default::default() };
+    s.statefulsets().patch(name, &params, &kube::api::Patch::Strategic(sidecar)).await?;
+    s.mark_statefulset_ready(name).await?;
     let op = s.operator()?;
     // Settle: whatever the convergence queued runs out first.
     s.touch_and_reconcile(name, "settle").await?;
