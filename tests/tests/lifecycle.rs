@@ -467,18 +467,22 @@ async fn a_converged_server_is_never_written() -> Result<()> {
     let s = Scenario::start("idle").await?;
     let name = "nas";
     s.put_secret("jwt", &[("secret", "signing-key")]).await?;
-    s.create_running_server(
+    s.create_server(
         name,
         json!({"storage": {"metadataSize": "1Gi"}, "metrics": {"enabled": true},
                "identity": {"jwt": {"secretRef": {"name": "jwt", "key": "secret"}}}}),
     )
     .await?;
-    // A strategic merge patch merges containers by name, as an injector would.
+    s.wait_statefulset(name).await?;
+    // Before the pods are ready, so that the server runs only once the operator has
+    // seen the StatefulSet as it stays. A strategic merge patch merges containers by
+    // name, as an injector does.
     let sidecar =
         json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "proxy:1"}]}}}});
     let params = kube::api::PatchParams { field_manager: Some("injector".into()), ..Default::default() };
     s.statefulsets().patch(name, &params, &kube::api::Patch::Strategic(sidecar)).await?;
     s.mark_statefulset_ready(name).await?;
+    s.wait_phase(name, "Running").await?;
     let op = s.operator()?;
     // Settle: whatever the convergence queued runs out first.
     s.touch_and_reconcile(name, "settle").await?;
