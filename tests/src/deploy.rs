@@ -94,6 +94,16 @@ impl Kubectl {
     }
 }
 
+/// The overlay's kustomization: everything into `namespace`, `-<suffix>` appended to
+/// every name. The suffix is quoted: a hex suffix may read as a YAML number
+/// (`-7852361453681`, `-12e45`), which kustomize rejects as a name suffix.
+fn kustomization(namespace: &str, suffix: &str) -> String {
+    format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         namespace: {namespace}\nnameSuffix: \"-{suffix}\"\nresources:\n  - ../../../deploy\n"
+    )
+}
+
 /// `deploy/` rendered into one test namespace.
 #[derive(Debug)]
 pub struct Deployment {
@@ -112,11 +122,7 @@ impl Deployment {
         // Kustomize takes the base by relative path, from inside the repository.
         let overlay = repo_root().join("target/e2e-deploy").join(namespace);
         std::fs::create_dir_all(&overlay).with_context(|| format!("cannot create {}", overlay.display()))?;
-        let kustomization = format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {namespace}\nnameSuffix: -{suffix}\nresources:\n  - ../../../deploy\n"
-        );
-        std::fs::write(overlay.join("kustomization.yaml"), kustomization)
+        std::fs::write(overlay.join("kustomization.yaml"), kustomization(namespace, &suffix))
             .with_context(|| format!("cannot write the overlay in {}", overlay.display()))?;
         Ok(Self { namespace: namespace.to_owned(), suffix, overlay, config: cluster.config().clone() })
     }
@@ -295,4 +301,18 @@ pub fn make(target: &str, variables: &[String]) -> Result<()> {
 /// `target/e2e/<namespace>/`, for kubeconfigs and logs.
 pub fn test_dir(namespace: &str) -> Result<PathBuf> {
     artifact_dir(namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_name_suffix_stays_a_string_whatever_its_digits() {
+        for suffix in ["7852361453681", "12e45", "a1b2"] {
+            let yaml: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(&kustomization("e2e-x", suffix)).expect("YAML");
+            assert_eq!(yaml["nameSuffix"].as_str(), Some(format!("-{suffix}").as_str()), "{suffix}");
+        }
+    }
 }
