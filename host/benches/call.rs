@@ -25,8 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasm_operator::runtime::{
-    Allocator, EngineOptions, LoadedModule, ModuleCache, SandboxEngine, SandboxLimits,
-    engine_without_deadline,
+    Allocator, LoadedModule, ModuleCache, SandboxConfig, SandboxEngine, engine_without_deadline,
 };
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -44,8 +43,8 @@ fn module_bytes() -> (PathBuf, Vec<u8>) {
 
 fn load(bytes: &[u8], allocator: Allocator) -> Arc<LoadedModule> {
     // The cache keeps repeated bench runs from recompiling the module.
-    let options = EngineOptions { allocator, cache: ModuleCache::Default, ..EngineOptions::default() };
-    SandboxEngine::new(SandboxLimits::default(), &options).unwrap().load(bytes).unwrap()
+    let options = SandboxConfig { allocator, cache: ModuleCache::Default, ..SandboxConfig::default() };
+    SandboxEngine::new(&options).unwrap().load(bytes).unwrap()
 }
 
 fn trivial_module() -> Arc<LoadedModule> {
@@ -69,7 +68,7 @@ struct NoDeadline {
 
 impl NoDeadline {
     fn new(bytes: &[u8]) -> Self {
-        let engine = engine_without_deadline(&SandboxLimits::default(), &EngineOptions::default()).unwrap();
+        let engine = engine_without_deadline(&SandboxConfig::default()).unwrap();
         let module = wasmtime::Module::new(&engine, bytes).unwrap();
         let pre = wasmtime::Linker::new(&engine).instantiate_pre(&module).unwrap();
         NoDeadline { store_engine: engine, pre }

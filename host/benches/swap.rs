@@ -13,17 +13,13 @@
 use anyhow::{Context as _, Result, bail};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use wasm_operator::cli::SandboxArgs;
-use wasm_operator::operator::backoff::Backoff;
-use wasm_operator::operator::source::{ConfigMapSource, ModuleSource, compress_for_configmap};
-use wasm_operator::operator::{OperatorConfig, RunningOperator, start_from_source, watch::Scope};
+use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits, digest};
+use wasm_operator::{
+    Backoff, ConfigMapSource, ModuleSource, OperatorConfig, RunningOperator, Scope, compress_for_configmap,
+    start_from_source,
+};
 
 const SWAPS: usize = 20;
-
-fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
 
 async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -58,13 +54,10 @@ async fn bench() -> Result<()> {
     let source =
         ConfigMapSource { namespace: ns.name().into(), name: "module".into(), key: "module.wasm".into() };
     source.upload(&client, compressed[0].clone(), "bench").await?;
-    let sandbox = SandboxArgs {
-        memory_limit_mib: 64,
-        deadline_ms: 250,
-        output_limit_mib: 4,
-        stack_limit_kib: 512,
-        module_cache_dir: Some(root.join("target/bench-module-cache")),
-        no_module_cache: false,
+    let sandbox = SandboxConfig {
+        limits: SandboxLimits { deadline: Duration::from_millis(250), ..SandboxLimits::default() },
+        cache: ModuleCache::Dir(root.join("target/bench-module-cache")),
+        ..SandboxConfig::default()
     };
     let config = OperatorConfig {
         scope: Scope { namespace: Some(ns.name().into()), label_selector: None },

@@ -1,19 +1,62 @@
 //! `wasm-operator`: a generic Kubernetes operator whose reconcile logic is a sandboxed,
-//! hot-swappable WebAssembly module speaking ABI v1 (DESIGN.md §3).
+//! hot-swappable WebAssembly module speaking ABI v1 (the contract: `docs/abi.md`).
 //!
 //! The host knows nothing about the kinds it manages: the module's manifest says what
 //! to watch, and every action the module returns is checked against it before any
-//! write. The layers, each with its own error type:
+//! write. The folders follow a reconcile's path, each with its own error type:
 //!
-//! - [`runtime`]: wasmtime. One engine, one compiled module and `InstancePre` per
-//!   module version, a fresh sandboxed store per call.
-//! - [`operator`]: kube-rs. Watches, snapshots, confinement, the action executor,
-//!   requeues, metrics and the HTTP endpoints.
-//! - [`rbac`]: least-privilege RBAC derived from a manifest.
-//! - [`cli`]: the command line.
+//! - `runtime/`: wasmtime. One engine per process, one compiled module and
+//!   `InstancePre` per module version, a fresh sandboxed store per call. Public: it is
+//!   usable on its own, and takes plain configuration ([`runtime::SandboxConfig`]).
+//! - `module/`: the module as the operator calls it ([`Module`], [`WasmModule`]), and
+//!   the holder a hot swap replaces atomically ([`ActiveModule`]).
+//! - `cluster/`: the cluster view: connection, discovery of the manifest's kinds, the
+//!   watches and the caches and indexes they fill.
+//! - `queue.rs`: the work queue between the watches and the workers, with the
+//!   [`Cause`] of each run.
+//! - `snapshot/`: objects as a module sees them (managed fields dropped, secrets
+//!   digested), and the snapshot document.
+//! - `control/`: reconciling: decide (snapshot, module calls, requirements), one
+//!   attempt (confine, pre-check, execute), the verdict, backoff, the Lease, and the
+//!   capture of a live snapshot.
+//! - `policy/`: what a module may do: confinement of actions and requirements, and
+//!   least-privilege RBAC derived from a manifest.
+//! - `execute/`: actions as API requests.
+//! - `lifecycle/`: where modules come from (file, ConfigMap) and the hot swap.
+//! - `observe/`: metrics and the HTTP endpoints.
+//! - `operator/`: everything wired together ([`RunningOperator`]).
+//! - `cli/`: the command line, the only place that knows clap; `main.rs` calls
+//!   [`cli::main`].
+//!
+//! Configuration flows inward as plain types ([`OperatorConfig`],
+//! [`runtime::SandboxConfig`]); errors are printed one way ([`error_chain`]).
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod operator;
-pub mod rbac;
+pub(crate) mod cluster;
+pub(crate) mod control;
+mod error;
+pub(crate) mod execute;
+pub(crate) mod lifecycle;
+pub(crate) mod module;
+pub(crate) mod observe;
+pub(crate) mod operator;
+pub(crate) mod policy;
+pub(crate) mod queue;
 pub mod runtime;
+pub(crate) mod snapshot;
+
+pub use cluster::{
+    ConnectError, DiscoveryError, KindKey, KindRegistry, ObjectKey, PrimaryTarget, Scope, connect,
+};
+pub use control::{Backoff, CaptureError, LeaseConfig, capture};
+pub use error::{error_chain, one_line};
+pub use execute::{ActionError, Executor};
+pub use lifecycle::{
+    ConfigMapSource, LoadFileError, ModuleSource, SourceError, compress_for_configmap, load_module,
+};
+pub use module::{ActiveModule, LoadedModuleInfo, Module, ModuleCallError, ModuleRejection, WasmModule};
+pub use observe::{Metrics, ModuleLabels, OpLabels, ResultLabels};
+pub use operator::{OperatorConfig, RunningOperator, StartError, start_from_source};
+pub use policy::Rejection;
+pub use queue::Cause;

@@ -12,10 +12,7 @@ use operator_support::*;
 use reconcile_sdk::{Action, EventType, Manifest, PropagationPolicy};
 use serde_json::json;
 use std::sync::Arc;
-use wasm_operator::operator::confine::Rejection;
-use wasm_operator::operator::discovery::KindRegistry;
-use wasm_operator::operator::execute::{ActionError, Executor, PrimaryTarget};
-use wasm_operator::operator::metrics::Metrics;
+use wasm_operator::{ActionError, Executor, KindRegistry, Metrics, PrimaryTarget, Rejection};
 
 const FINALIZER: &str = configmap_mirror::FINALIZER;
 const LABEL: &str = configmap_mirror::OWNER_LABEL;

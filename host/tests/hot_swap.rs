@@ -36,11 +36,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use wasm_operator::cli::SandboxArgs;
-use wasm_operator::operator::backoff::Backoff;
-use wasm_operator::operator::metrics::ResultLabels;
-use wasm_operator::operator::source::{ConfigMapSource, ModuleSource, compress_for_configmap};
-use wasm_operator::operator::{OperatorConfig, RunningOperator, start_from_source, watch::Scope};
+use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits, digest};
+use wasm_operator::{
+    Backoff, ConfigMapSource, ModuleSource, OperatorConfig, ResultLabels, RunningOperator, Scope,
+    compress_for_configmap, start_from_source,
+};
 
 const DITTO_FINALIZER: &str = "dittofs.dittofs.com/finalizer";
 const DITTO_OWNER_LABEL: &str = "dittofs.dittofs.com/server";
@@ -127,20 +127,12 @@ fn fixture(name: &str) -> Result<Vec<u8>> {
     wat::parse_file(&path).with_context(|| format!("cannot parse {}", path.display()))
 }
 
-fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
-}
-
-fn sandbox() -> SandboxArgs {
-    SandboxArgs {
-        memory_limit_mib: 64,
+fn sandbox() -> SandboxConfig {
+    SandboxConfig {
         // Generous for a debug test run on a busy machine; the endless loop still ends.
-        deadline_ms: 2000,
-        output_limit_mib: 4,
-        stack_limit_kib: 512,
-        module_cache_dir: Some(repo_root().join("target/test-module-cache")),
-        no_module_cache: false,
+        limits: SandboxLimits { deadline: Duration::from_millis(2000), ..SandboxLimits::default() },
+        cache: ModuleCache::Dir(repo_root().join("target/test-module-cache")),
+        ..SandboxConfig::default()
     }
 }
 

@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
-use wasm_operator::operator::index::ObjectKey;
-use wasm_operator::operator::metrics::{Metrics, ResultLabels};
+use wasm_operator::{Metrics, ObjectKey, ResultLabels};
 
 const LABEL: &str = configmap_mirror::OWNER_LABEL;
 const FINALIZER: &str = configmap_mirror::FINALIZER;
@@ -29,7 +28,7 @@ fn sha(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
 
-async fn wait_ready(op: &wasm_operator::operator::RunningOperator) -> Result<()> {
+async fn wait_ready(op: &wasm_operator::RunningOperator) -> Result<()> {
     eventually("the caches to sync", || async { Ok(op.ready().then_some(())) }).await
 }
 
@@ -270,11 +269,7 @@ async fn forbidden_actions_are_rejected_and_nothing_is_written() -> Result<()> {
         "the victim keeps its reference"
     );
     assert_eq!(victim.metadata.labels.unwrap_or_default().get(LABEL), None, "the victim was not taken over");
-    let writes = op
-        .metrics
-        .writes
-        .get_or_create(&wasm_operator::operator::metrics::OpLabels { op: "apply".into() })
-        .get();
+    let writes = op.metrics.writes.get_or_create(&wasm_operator::OpLabels { op: "apply".into() }).get();
     assert_eq!(writes, 0);
 
     // The rejection is the next snapshot's lastFailure.
@@ -365,13 +360,9 @@ async fn snapshot_capture_answers_requirements_without_secret_values() -> Result
     .await?;
 
     let module = mirror_module().await?;
-    let snapshot = wasm_operator::operator::capture(
-        &client,
-        "the test cluster",
-        module.as_ref(),
-        &ObjectKey::new(&ns, "m"),
-    )
-    .await?;
+    let snapshot =
+        wasm_operator::capture(&client, "the test cluster", module.as_ref(), &ObjectKey::new(&ns, "m"))
+            .await?;
     let names: Vec<_> = snapshot.related.iter().map(|o| o["metadata"]["name"].clone()).collect();
     assert_eq!(names, [json!("m-mirror")]);
     assert_eq!(snapshot.required.len(), 1);
@@ -471,8 +462,8 @@ async fn an_optional_kind_fails_writes_while_absent_and_is_picked_up_when_its_cr
 
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> Result<()> {
-    use wasm_operator::operator::leader::LeaseConfig;
-    use wasm_operator::operator::{OperatorConfig, RunningOperator, watch::Scope};
+    use wasm_operator::LeaseConfig;
+    use wasm_operator::{OperatorConfig, RunningOperator, Scope};
     let (cluster, client) = cluster().await?;
     let ns = TestNamespace::create(cluster, "op-leader").await?;
     let ns = ns.name().to_owned();
@@ -572,7 +563,7 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
     let (cluster, client) = cluster().await?;
     let ns = TestNamespace::create(cluster, "op-http").await?;
     let module = mirror_module().await?;
-    let digest = wasm_operator::operator::module::Module::digest(module.as_ref()).to_owned();
+    let digest = wasm_operator::Module::digest(module.as_ref()).to_owned();
     let op = start_operator(&client, module, ns.name()).await?;
     let addr = some(op.http_addr(), "the HTTP address")?;
     assert_eq!(http_get(addr, "/healthz").await?.0, 200);
@@ -615,21 +606,19 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
 }
 
 /// Loads a hostile WAT fixture of `tests/fixtures/` through the runtime, as `run` would.
-async fn wat_fixture(name: &str) -> Result<Arc<wasm_operator::operator::module::WasmModule>> {
+async fn wat_fixture(name: &str) -> Result<Arc<wasm_operator::WasmModule>> {
     let source =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/{name}.wat"));
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(format!("{name}.wasm"));
     std::fs::write(&path, wat::parse_file(&source)?)?;
-    let sandbox = wasm_operator::cli::SandboxArgs {
-        memory_limit_mib: 64,
-        deadline_ms: 2000,
-        output_limit_mib: 4,
-        stack_limit_kib: 512,
-        module_cache_dir: None,
-        no_module_cache: true,
+    use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
+    let sandbox = SandboxConfig {
+        limits: SandboxLimits { deadline: Duration::from_millis(2000), ..SandboxLimits::default() },
+        cache: ModuleCache::Disabled,
+        ..SandboxConfig::default()
     };
-    Ok(wasm_operator::operator::load_module(&path, &sandbox, 2).await?)
+    Ok(wasm_operator::load_module(&path, &sandbox, 2).await?)
 }
 
 #[tokio::test]
@@ -659,11 +648,8 @@ async fn the_forbidden_wat_fixtures_are_rejected_and_nothing_is_written() -> Res
             Ok((!events(&client, &ns, "hostile", "ActionRejected").await?.is_empty()).then_some(()))
         })
         .await?;
-        let events_written = op
-            .metrics
-            .writes
-            .get_or_create(&wasm_operator::operator::metrics::OpLabels { op: "event".into() })
-            .get();
+        let events_written =
+            op.metrics.writes.get_or_create(&wasm_operator::OpLabels { op: "event".into() }).get();
         assert_eq!(op.metrics.writes_total() - events_written, 0, "{fixture}: only events may be written");
         op.shutdown().await;
 
@@ -683,7 +669,7 @@ async fn the_forbidden_wat_fixtures_are_rejected_and_nothing_is_written() -> Res
 
 #[tokio::test]
 async fn the_label_selector_scopes_which_primaries_are_reconciled() -> Result<()> {
-    use wasm_operator::operator::{OperatorConfig, RunningOperator, watch::Scope};
+    use wasm_operator::{OperatorConfig, RunningOperator, Scope};
     let (cluster, client) = cluster().await?;
     let ns = TestNamespace::create(cluster, "op-selector").await?;
     let ns = ns.name().to_owned();

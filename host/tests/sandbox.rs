@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use wasm_operator::runtime::{
-    ActiveModule, Allocator, CallError, CallStage, EngineOptions, LoadError, LoadedModule, ManifestError,
-    ModuleCache, ModuleCaller, SandboxEngine, SandboxLimits,
+    Allocator, CallError, CallStage, LoadError, LoadedModule, ManifestError, ModuleCache, ModuleCaller,
+    SandboxConfig, SandboxEngine, SandboxLimits,
 };
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -30,12 +30,12 @@ fn inline(wat: &str) -> Vec<u8> {
     wat::parse_str(wat).unwrap_or_else(|err| panic!("inline module: {err}"))
 }
 
-fn options() -> EngineOptions {
-    EngineOptions { cache: ModuleCache::Disabled, max_instances: 8, ..EngineOptions::default() }
+fn options() -> SandboxConfig {
+    SandboxConfig { cache: ModuleCache::Disabled, max_instances: 8, ..SandboxConfig::default() }
 }
 
 fn engine_with(limits: SandboxLimits) -> SandboxEngine {
-    SandboxEngine::new(limits, &options()).unwrap()
+    SandboxEngine::new(&SandboxConfig { limits, ..options() }).unwrap()
 }
 
 fn engine() -> SandboxEngine {
@@ -102,8 +102,7 @@ fn the_digest_is_the_sha256_of_the_bytes() {
 #[test]
 fn both_allocators_run_the_same_calls() {
     for allocator in [Allocator::Pooling, Allocator::OnDemand] {
-        let engine =
-            SandboxEngine::new(SandboxLimits::default(), &EngineOptions { allocator, ..options() }).unwrap();
+        let engine = SandboxEngine::new(&SandboxConfig { allocator, ..options() }).unwrap();
         let module = engine.load(&fixture("minimal")).unwrap();
         module.call(&snapshot()).unwrap();
         let bomb = engine.load(&fixture("memory-bomb")).unwrap();
@@ -211,7 +210,7 @@ fn garbage_output_is_not_json() {
     let err = call_error(&load("garbage-output"));
     assert!(matches!(err, CallError::InvalidJson { stage: CallStage::Reconcile, .. }), "{err}");
     assert!(
-        err.to_string()
+        wasm_operator::error_chain(&err)
             .starts_with("module output from reconcile is not JSON: expected ident at line 1 column 2"),
         "{err}"
     );
@@ -221,7 +220,7 @@ fn garbage_output_is_not_json() {
 fn json_that_is_not_an_outcome_is_refused_with_serdes_reason() {
     let err = call_error(&load("not-an-outcome"));
     assert!(matches!(err, CallError::InvalidOutcome(_)), "{err}");
-    assert!(err.to_string().contains("unknown variant `deleteEverything`"), "{err}");
+    assert!(wasm_operator::error_chain(&err).contains("unknown variant `deleteEverything`"), "{err}");
 }
 
 #[test]
@@ -384,10 +383,10 @@ fn forbidden_action_fixtures_load_and_return_their_action() {
 async fn async_calls_run_bounded_on_the_blocking_pool() {
     let engine = engine();
     let module = engine.load_async(fixture("minimal")).await.unwrap();
-    let looping = SandboxEngine::new(
-        SandboxLimits { deadline: Duration::from_millis(20), ..SandboxLimits::default() },
-        &options(),
-    )
+    let looping = SandboxEngine::new(&SandboxConfig {
+        limits: SandboxLimits { deadline: Duration::from_millis(20), ..SandboxLimits::default() },
+        ..options()
+    })
     .unwrap()
     .load_async(fixture("endless-loop"))
     .await
@@ -410,28 +409,33 @@ async fn async_calls_run_bounded_on_the_blocking_pool() {
     }
 }
 
-#[test]
-fn swapping_the_active_module_leaves_calls_in_flight_on_the_old_one() {
+#[tokio::test]
+async fn swapping_the_active_module_leaves_calls_in_flight_on_the_old_one() {
+    use wasm_operator::{ActiveModule, WasmModule};
     let old = load("minimal");
     let new = load("forbidden-delete-unowned");
-    let active = ActiveModule::new(old.clone());
+    let caller = ModuleCaller::new(1);
+    let active = ActiveModule::new(Arc::new(WasmModule::new(old.clone(), caller.clone())));
     let in_flight = active.current();
-    let replaced = active.replace(new.clone());
-    assert!(Arc::ptr_eq(&replaced, &old));
-    assert!(Arc::ptr_eq(&active.current(), &new));
-    assert_eq!(in_flight.call(&snapshot()).unwrap().json, r#"{"actions":[],"requeueAfterSeconds":60}"#);
+    let stored = active.store_from(Arc::new(WasmModule::new(new.clone(), caller)), None);
+    assert_eq!(in_flight.module.digest(), old.digest());
+    assert_eq!(active.current().module.digest(), new.digest());
+    assert_eq!(stored.module.digest(), new.digest());
+    let (outcome, _) = in_flight.module.reconcile(snapshot()).await.unwrap();
+    let expected: Outcome = serde_json::from_str(r#"{"actions":[],"requeueAfterSeconds":60}"#).unwrap();
+    assert_eq!(outcome, expected);
 }
 
 #[test]
 fn compiled_modules_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let options = EngineOptions { cache: ModuleCache::Dir(dir.path().to_owned()), ..options() };
-    let first = SandboxEngine::new(SandboxLimits::default(), &options).unwrap();
+    let options = SandboxConfig { cache: ModuleCache::Dir(dir.path().to_owned()), ..options() };
+    let first = SandboxEngine::new(&options).unwrap();
     first.load(&fixture("minimal")).unwrap();
     assert_eq!(first.cache_stats(), (0, 1));
     assert_eq!(first.cache_dir(), Some(dir.path()));
     // A new engine (a restarted host) finds it.
-    let second = SandboxEngine::new(SandboxLimits::default(), &options).unwrap();
+    let second = SandboxEngine::new(&options).unwrap();
     second.load(&fixture("minimal")).unwrap();
     assert_eq!(second.cache_stats(), (1, 0));
 }
@@ -441,8 +445,8 @@ fn a_broken_cache_never_stops_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("file");
     std::fs::write(&not_a_dir, b"in the way").unwrap();
-    let options = EngineOptions { cache: ModuleCache::Dir(not_a_dir.join("cache")), ..options() };
-    let engine = SandboxEngine::new(SandboxLimits::default(), &options).unwrap();
+    let options = SandboxConfig { cache: ModuleCache::Dir(not_a_dir.join("cache")), ..options() };
+    let engine = SandboxEngine::new(&options).unwrap();
     engine.load(&fixture("minimal")).unwrap().call(&snapshot()).unwrap();
 }
 

@@ -6,7 +6,7 @@
 use reconcile_sdk::Outcome;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use wasm_operator::runtime::{EngineOptions, LoadedModule, ModuleCache, SandboxEngine, SandboxLimits};
+use wasm_operator::runtime::{LoadedModule, ModuleCache, SandboxConfig, SandboxEngine};
 
 fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
@@ -22,12 +22,12 @@ fn load() -> Arc<LoadedModule> {
                 .unwrap_or_else(|err| panic!("{}: {err} (build it with `make wasm`)", path.display()));
             // Compiling takes seconds: cache it under target/, not in the user's cache.
             let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("module-cache");
-            let options = EngineOptions {
+            let options = SandboxConfig {
                 cache: ModuleCache::Dir(cache),
                 max_instances: 8,
-                ..EngineOptions::default()
+                ..SandboxConfig::default()
             };
-            let engine = SandboxEngine::new(SandboxLimits::default(), &options).unwrap();
+            let engine = SandboxEngine::new(&options).unwrap();
             engine.load(&bytes).unwrap_or_else(|err| panic!("the DittoFS module is rejected: {err}"))
         })
         .clone()

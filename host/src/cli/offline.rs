@@ -14,69 +14,42 @@
 //!
 //! Results go to stdout; a failure is one line on stderr, `error: <reason>`.
 
-use super::{ManifestArgs, ReconcileArgs, SandboxArgs};
-use crate::runtime::{EngineOptions, LoadedModule, SandboxEngine, SandboxLimits};
+use super::args::{ManifestArgs, ReconcileArgs, SandboxArgs};
+use super::failure::Failure;
+use crate::runtime::{LoadedModule, SandboxEngine};
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::Arc;
 
-/// The module failed or was rejected.
-const MODULE_FAILED: u8 = 1;
-/// The host could not run the module.
-const CANNOT_RUN: u8 = 2;
-
-/// A failure to report: its exit status and its one-line reason.
-struct Failure {
-    status: u8,
-    reason: String,
-}
-
-impl Failure {
-    fn module(reason: impl std::fmt::Display) -> Self {
-        Self { status: MODULE_FAILED, reason: reason.to_string() }
-    }
-
-    fn cannot_run(reason: impl std::fmt::Display) -> Self {
-        Self { status: CANNOT_RUN, reason: reason.to_string() }
-    }
-}
-
 /// `wasm-operator reconcile`: prints the module's Outcome JSON for one snapshot.
-pub fn reconcile(args: &ReconcileArgs) -> ExitCode {
-    finish(run_reconcile(args))
-}
-
-/// `wasm-operator manifest`: prints the module's manifest as pretty JSON.
-pub fn manifest(args: &ManifestArgs) -> ExitCode {
-    finish(run_manifest(args))
-}
-
-fn run_reconcile(args: &ReconcileArgs) -> Result<String, Failure> {
+pub fn reconcile(args: &ReconcileArgs) -> Result<(), Failure> {
     let snapshot = read_snapshot(&args.snapshot)?;
     // The module would answer a bad snapshot with an error outcome; telling the user
     // that their file is wrong is more useful than exit 0 with the module's complaint.
-    reconcile_sdk::decode_snapshot(&snapshot).map_err(Failure::cannot_run)?;
+    reconcile_sdk::decode_snapshot(&snapshot).map_err(|err| Failure::cannot_run_with(None, &err))?;
     let module = load(&args.module, &args.sandbox)?;
-    let reply = module.call(&snapshot).map_err(Failure::module)?;
-    Ok(reply.json)
+    let reply = module.call(&snapshot).map_err(|err| Failure::failed_with(None, &err))?;
+    print(&reply.json)
 }
 
-fn run_manifest(args: &ManifestArgs) -> Result<String, Failure> {
+/// `wasm-operator manifest`: prints the module's manifest as pretty JSON.
+pub fn manifest(args: &ManifestArgs) -> Result<(), Failure> {
     let module = load(&args.module, &args.sandbox)?;
-    serde_json::to_string_pretty(module.manifest()).map_err(Failure::cannot_run)
+    let json = serde_json::to_string_pretty(module.manifest())
+        .map_err(|err| Failure::cannot_run_with(Some("cannot encode the manifest"), &err))?;
+    print(&json)
 }
 
-fn load(path: &Path, sandbox: &SandboxArgs) -> Result<Arc<LoadedModule>, Failure> {
-    let limits = SandboxLimits::try_from(sandbox).map_err(Failure::cannot_run)?;
+/// Loads `path` with one call's worth of engine, validated as the operator does: a
+/// module fault exits 1, anything else 2.
+pub fn load(path: &Path, sandbox: &SandboxArgs) -> Result<Arc<LoadedModule>, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|err| Failure::cannot_run(format_args!("cannot read module {}: {err}", path.display())))?;
-    // One call at a time; two slots leave room for the load's own instances.
     let engine =
-        SandboxEngine::new(limits, &EngineOptions::from_args(sandbox, 1)).map_err(Failure::cannot_run)?;
+        SandboxEngine::new(&sandbox.config(1)).map_err(|err| Failure::cannot_run_with(None, &err))?;
     engine.load(&bytes).map_err(|err| match err.is_module_fault() {
-        true => Failure::module(format_args!("module rejected: {err}")),
-        false => Failure::cannot_run(err),
+        true => Failure::failed_with(Some("module rejected"), &err),
+        false => Failure::cannot_run_with(None, &err),
     })
 }
 
@@ -91,19 +64,10 @@ fn read_snapshot(path: &Path) -> Result<Vec<u8>, Failure> {
     Ok(bytes)
 }
 
-fn finish(result: Result<String, Failure>) -> ExitCode {
-    let failure = match result {
-        Ok(output) => {
-            let mut stdout = std::io::stdout().lock();
-            match writeln!(stdout, "{output}").and_then(|()| stdout.flush()) {
-                Ok(()) => return ExitCode::SUCCESS,
-                Err(err) => Failure::cannot_run(format_args!("cannot write to stdout: {err}")),
-            }
-        }
-        Err(failure) => failure,
-    };
-    // One line, whatever the message holds (wasmtime's texts may span several).
-    let reason = failure.reason.split_whitespace().collect::<Vec<_>>().join(" ");
-    eprintln!("error: {reason}");
-    ExitCode::from(failure.status)
+/// Writes `output` and a newline to stdout.
+pub fn print(output: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{output}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| Failure::cannot_run(format_args!("cannot write to stdout: {err}")))
 }

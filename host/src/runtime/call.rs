@@ -122,7 +122,7 @@ pub enum CallError {
         limit: usize,
     },
     /// The module's output is not UTF-8.
-    #[error("module output from {stage} is not UTF-8: {source}")]
+    #[error("module output from {stage} is not UTF-8")]
     InvalidUtf8 {
         /// Which export returned it.
         stage: CallStage,
@@ -131,7 +131,7 @@ pub enum CallError {
         source: std::str::Utf8Error,
     },
     /// The module's output is not JSON.
-    #[error("module output from {stage} is not JSON: {source}")]
+    #[error("module output from {stage} is not JSON")]
     InvalidJson {
         /// Which export returned it.
         stage: CallStage,
@@ -140,7 +140,7 @@ pub enum CallError {
         source: serde_json::Error,
     },
     /// The module's output is JSON but not an ABI v1 Outcome.
-    #[error("module output is not a valid outcome: {0}")]
+    #[error("module output is not a valid outcome")]
     InvalidOutcome(#[source] serde_json::Error),
     /// The input does not fit a wasm32 buffer or the memory limit.
     #[error("input of {len} bytes is larger than the module's memory limit")]
@@ -181,11 +181,11 @@ pub(crate) struct CallState {
 struct SandboxLimiter {
     memory_bytes: usize,
     table_elements: usize,
-    refused: Option<Refusal>,
+    refused: Option<DeniedGrowth>,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Refusal {
+enum DeniedGrowth {
     Memory { requested: usize },
     Table { requested: usize },
 }
@@ -206,7 +206,7 @@ impl ResourceLimiter for SandboxLimiter {
             // Trap rather than fail the grow: a module out of memory cannot reconcile,
             // and a loop that ignores `memory.grow` returning -1 would otherwise spin
             // until the deadline.
-            self.refused = Some(Refusal::Memory { requested: desired });
+            self.refused = Some(DeniedGrowth::Memory { requested: desired });
             return Err(wasmtime::Error::new(LimitExceeded));
         }
         Ok(true)
@@ -219,7 +219,7 @@ impl ResourceLimiter for SandboxLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
-            self.refused = Some(Refusal::Table { requested: desired });
+            self.refused = Some(DeniedGrowth::Table { requested: desired });
             return Err(wasmtime::Error::new(LimitExceeded));
         }
         Ok(true)
@@ -413,10 +413,10 @@ fn classify(
     err: &wasmtime::Error,
 ) -> CallError {
     match store.data().limiter.refused {
-        Some(Refusal::Memory { requested }) => {
+        Some(DeniedGrowth::Memory { requested }) => {
             return CallError::MemoryLimit { stage, limit: limits.memory_bytes, requested };
         }
-        Some(Refusal::Table { requested }) => {
+        Some(DeniedGrowth::Table { requested }) => {
             return CallError::TableLimit { stage, limit: limits.table_elements, requested };
         }
         None => {}
@@ -424,7 +424,7 @@ fn classify(
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallError::DeadlineExceeded { stage, deadline: limits.deadline },
         Some(trap) => CallError::Trap { stage, message: trap.to_string() },
-        None => host(stage, &one_line(&format!("{err:#}"))),
+        None => host(stage, &crate::one_line(&format!("{err:#}"))),
     }
 }
 
@@ -441,9 +441,4 @@ pub(crate) fn decode_outcome(json: &str) -> Result<Outcome, CallError> {
         }
         Category::Data => CallError::InvalidOutcome(err),
     })
-}
-
-/// Error texts end up on one-line stderr reports and in events.
-pub(crate) fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -5,12 +5,12 @@
 //! - One [`SandboxEngine`] serves every module version; it is cheap to clone and
 //!   stays alive while any [`LoadedModule`](super::LoadedModule) made with it does.
 //! - Deadlines are wall-clock: a background thread advances the engine's epoch every
-//!   [`EngineOptions::epoch_tick`], and each call's store traps once its deadline's
+//!   [`SandboxConfig::epoch_tick`], and each call's store traps once its deadline's
 //!   worth of ticks has passed. The thread stops when the last clone is dropped.
 //! - Modules get nothing from the host: the [`Linker`] is empty (no WASI, no host
 //!   functions), so a module can only compute on the bytes it is given.
 //! - Compiled code is cached on disk by wasmtime, keyed by the module's digest, the
-//!   engine's configuration and the wasmtime version (DESIGN.md §4). The cache is an
+//!   engine's configuration and the wasmtime version. The cache is an
 //!   optimisation only: when it cannot be set up the engine compiles every time, and
 //!   wasmtime ignores (and logs) failures to read or write entries.
 //!   The cache directory must be writable only by the host: wasmtime trusts what it
@@ -21,8 +21,7 @@
 //!   back to allocating each instance on demand, with a warning.
 
 use super::call::CallState;
-use super::limits::SandboxLimits;
-use crate::cli::SandboxArgs;
+use super::limits::{LimitsError, SandboxLimits};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -55,9 +54,12 @@ pub enum Allocator {
     OnDemand,
 }
 
-/// How to build a [`SandboxEngine`], beyond the [`SandboxLimits`].
+/// Everything a [`SandboxEngine`] is built from: the limits every call runs under and
+/// how the engine gets there. Plain data; the command line converts its flags into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineOptions {
+pub struct SandboxConfig {
+    /// What one call may consume; checked by [`SandboxEngine::new`].
+    pub limits: SandboxLimits,
     /// The compiled-module cache.
     pub cache: ModuleCache,
     /// The instance allocator.
@@ -70,9 +72,10 @@ pub struct EngineOptions {
     pub epoch_tick: Duration,
 }
 
-impl Default for EngineOptions {
+impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
+            limits: SandboxLimits::default(),
             cache: ModuleCache::Default,
             allocator: Allocator::Pooling,
             max_instances: 32,
@@ -81,29 +84,27 @@ impl Default for EngineOptions {
     }
 }
 
-impl EngineOptions {
-    /// Options from the command line, for `concurrency` concurrent calls.
-    pub fn from_args(args: &SandboxArgs, concurrency: usize) -> Self {
-        let cache = match (&args.module_cache_dir, args.no_module_cache) {
-            (_, true) => ModuleCache::Disabled,
-            (Some(dir), false) => ModuleCache::Dir(dir.clone()),
-            (None, false) => ModuleCache::Default,
-        };
+impl SandboxConfig {
+    /// This configuration with instance slots for `concurrency` concurrent calls.
+    pub fn for_concurrency(self, concurrency: usize) -> Self {
         // Loads and hot-swap candidates instantiate outside the call semaphore; eight
         // spare slots cost only address space.
         let max_instances = u32::try_from(concurrency).unwrap_or(u32::MAX).saturating_add(8);
-        Self { cache, max_instances, ..Self::default() }
+        Self { max_instances, ..self }
     }
 }
 
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// A limit is one the sandbox cannot honour (the message names it).
+    #[error(transparent)]
+    Limits(LimitsError),
     /// wasmtime refused the configuration.
-    #[error("cannot configure the wasm engine: {0}")]
+    #[error("cannot configure the wasm engine")]
     Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The epoch clock thread could not start.
-    #[error("cannot start the epoch clock thread: {0}")]
+    #[error("cannot start the epoch clock thread")]
     EpochThread(#[source] std::io::Error),
 }
 
@@ -136,8 +137,11 @@ impl std::fmt::Debug for SandboxEngine {
 }
 
 impl SandboxEngine {
-    /// Builds the engine and starts its epoch clock.
-    pub fn new(limits: SandboxLimits, options: &EngineOptions) -> Result<Self, EngineError> {
+    /// Checks the limits, builds the engine and starts its epoch clock. The one way to
+    /// build an engine.
+    pub fn new(options: &SandboxConfig) -> Result<Self, EngineError> {
+        options.limits.validate().map_err(EngineError::Limits)?;
+        let limits = options.limits;
         let cache = open_cache(&options.cache);
         let engine = match options.allocator {
             Allocator::Pooling => match Engine::new(&config(&limits, options, cache.clone(), true)) {
@@ -206,16 +210,13 @@ impl SandboxEngine {
 /// `call` benchmark's reference column only: what the deadline's checks cost. A
 /// module on this engine runs without a deadline; the host never runs one so.
 #[doc(hidden)]
-pub fn engine_without_deadline(
-    limits: &SandboxLimits,
-    options: &EngineOptions,
-) -> Result<Engine, EngineError> {
-    let mut config = config(limits, options, None, true);
+pub fn engine_without_deadline(options: &SandboxConfig) -> Result<Engine, EngineError> {
+    let mut config = config(&options.limits, options, None, true);
     config.epoch_interruption(false);
     Engine::new(&config).map_err(|err| EngineError::Config(err.into()))
 }
 
-fn config(limits: &SandboxLimits, options: &EngineOptions, cache: Option<Cache>, pooling: bool) -> Config {
+fn config(limits: &SandboxLimits, options: &SandboxConfig, cache: Option<Cache>, pooling: bool) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)

@@ -1,12 +1,12 @@
-//! The limits of the sandbox every module call runs in (DESIGN.md §3, *Sandbox*).
+//! The limits of the sandbox every module call runs in (docs/abi.md, *Sandbox limits*).
 //!
 //! [`SandboxLimits`] is plain data: the engine reads the stack limit once when it is
 //! built, and every call reads the rest when it creates its store. The defaults are
-//! DESIGN's: 64 MiB of linear memory, a 250 ms wall-clock deadline, 4 MiB of output.
-//! Converting the command line's [`SandboxArgs`] checks the values, so that a limit
-//! the sandbox cannot honour is refused at start-up rather than discovered mid-call.
+//! the contract's (docs/abi.md, *Sandbox limits*): 64 MiB of linear memory, a 250 ms
+//! wall-clock deadline, 4 MiB of output. [`SandboxLimits::validate`] (which
+//! [`SandboxEngine::new`](super::SandboxEngine::new) runs) refuses a limit the sandbox
+//! cannot honour at start-up, rather than mid-call.
 
-use crate::cli::SandboxArgs;
 use std::time::Duration;
 
 const KIB: u64 = 1024;
@@ -88,71 +88,65 @@ pub enum LimitsError {
     },
 }
 
-impl TryFrom<&SandboxArgs> for SandboxLimits {
-    type Error = LimitsError;
-
-    fn try_from(args: &SandboxArgs) -> Result<Self, LimitsError> {
-        let memory_bytes = bytes(args.memory_limit_mib, MIB)
-            .filter(|&b| b > 0 && b <= MAX_MEMORY_BYTES)
-            .ok_or(LimitsError::Memory { mib: args.memory_limit_mib })?;
-        if args.deadline_ms == 0 {
+impl SandboxLimits {
+    /// Checks that the sandbox can honour these limits, so that a bad limit is refused
+    /// at start-up rather than discovered mid-call.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if self.memory_bytes == 0 || self.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(LimitsError::Memory { mib: units(self.memory_bytes, MIB) });
+        }
+        if self.deadline.is_zero() {
             return Err(LimitsError::Deadline);
         }
-        let output_bytes = bytes(args.output_limit_mib, MIB)
-            .filter(|&b| b > 0 && b <= memory_bytes)
-            .ok_or(LimitsError::Output { mib: args.output_limit_mib })?;
-        let stack_bytes = bytes(args.stack_limit_kib, KIB)
-            .filter(|b| (MIN_STACK_BYTES..=MAX_STACK_BYTES).contains(b))
-            .ok_or(LimitsError::Stack { kib: args.stack_limit_kib })?;
-        Ok(Self {
-            memory_bytes,
-            deadline: Duration::from_millis(args.deadline_ms),
-            output_bytes,
-            stack_bytes,
-            ..Self::default()
-        })
+        if self.output_bytes == 0 || self.output_bytes > self.memory_bytes {
+            return Err(LimitsError::Output { mib: units(self.output_bytes, MIB) });
+        }
+        if !(MIN_STACK_BYTES..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
+            return Err(LimitsError::Stack { kib: units(self.stack_bytes, KIB) });
+        }
+        Ok(())
     }
 }
 
-fn bytes(count: u64, unit: u64) -> Option<usize> {
-    count.checked_mul(unit).and_then(|b| usize::try_from(b).ok())
+fn units(bytes: usize, unit: u64) -> u64 {
+    u64::try_from(bytes).unwrap_or(u64::MAX) / unit
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(memory: u64, deadline: u64, output: u64, stack: u64) -> SandboxArgs {
-        SandboxArgs {
-            memory_limit_mib: memory,
-            deadline_ms: deadline,
-            output_limit_mib: output,
-            stack_limit_kib: stack,
-            module_cache_dir: None,
-            no_module_cache: false,
+    fn limits(memory_mib: u64, deadline_ms: u64, output_mib: u64, stack_kib: u64) -> SandboxLimits {
+        let bytes = |count: u64, unit: u64| usize::try_from(count.saturating_mul(unit)).unwrap_or(usize::MAX);
+        SandboxLimits {
+            memory_bytes: bytes(memory_mib, MIB),
+            deadline: Duration::from_millis(deadline_ms),
+            output_bytes: bytes(output_mib, MIB),
+            stack_bytes: bytes(stack_kib, KIB),
+            ..SandboxLimits::default()
         }
     }
 
     #[test]
-    fn command_line_defaults_are_the_design_defaults() {
-        let limits = SandboxLimits::try_from(&args(64, 250, 4, 512)).expect("defaults are valid");
-        assert_eq!(limits, SandboxLimits::default());
+    fn the_defaults_are_valid() {
+        assert!(SandboxLimits::default().validate().is_ok());
+        assert_eq!(limits(64, 250, 4, 512), SandboxLimits::default());
     }
 
     #[test]
     fn limits_the_sandbox_cannot_honour_are_refused() {
         let cases = [
-            (args(0, 250, 4, 512), "memory limit of 0 MiB"),
-            (args(4097, 250, 4, 512), "memory limit of 4097 MiB"),
-            (args(u64::MAX, 250, 4, 512), "memory limit of"),
-            (args(64, 0, 4, 512), "deadline"),
-            (args(64, 250, 0, 512), "output limit of 0 MiB"),
-            (args(8, 250, 16, 512), "output limit of 16 MiB"),
-            (args(64, 250, 4, 8), "stack limit of 8 KiB"),
-            (args(64, 250, 4, 8192), "stack limit of 8192 KiB"),
+            (limits(0, 250, 4, 512), "memory limit of 0 MiB"),
+            (limits(4097, 250, 4, 512), "memory limit of 4097 MiB"),
+            (limits(u64::MAX, 250, 4, 512), "memory limit of"),
+            (limits(64, 0, 4, 512), "deadline"),
+            (limits(64, 250, 0, 512), "output limit of 0 MiB"),
+            (limits(8, 250, 16, 512), "output limit of 16 MiB"),
+            (limits(64, 250, 4, 8), "stack limit of 8 KiB"),
+            (limits(64, 250, 4, 8192), "stack limit of 8192 KiB"),
         ];
-        for (args, expected) in cases {
-            let err = SandboxLimits::try_from(&args).expect_err("limit is refused");
+        for (limits, expected) in cases {
+            let err = limits.validate().expect_err("limit is refused");
             assert!(err.to_string().contains(expected), "{err} lacks {expected:?}");
         }
     }

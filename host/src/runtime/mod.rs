@@ -1,14 +1,14 @@
-//! The wasmtime layer: loads ABI v1 modules (DESIGN.md §3) and calls them in a sandbox.
+//! The wasmtime layer: loads ABI v1 modules (docs/abi.md) and calls them in a sandbox.
 //!
 //! Lifecycles are kept apart, as wasmtime documents them:
-//! - [`SandboxEngine`]: one per process. Cranelift, epoch interruption with a clock
-//!   thread, the stack limit, the pooling allocator with copy-on-write memory images,
+//! - [`SandboxEngine`]: one per process, built from a [`SandboxConfig`]. Cranelift,
+//!   epoch interruption with a clock thread, the stack limit, the pooling allocator with copy-on-write memory images,
 //!   wasmtime's on-disk compiled-module cache, and one empty linker (no WASI, no host
 //!   functions).
 //! - [`LoadedModule`]: one per module version, from [`SandboxEngine::load`], which runs
-//!   the whole acceptance check of DESIGN.md §4 (imports, exports, ABI version,
-//!   manifest, smoke reconcile) and fails with a [`LoadError`] naming the failed check.
-//!   Immutable and shared as `Arc`; [`ActiveModule`] swaps it.
+//!   the whole acceptance check of docs/abi.md, *Hot swap acceptance checks*
+//!   (imports, exports, ABI version, manifest, smoke reconcile), and fails with a [`LoadError`] naming the failed check.
+//!   Immutable and shared as `Arc`; the operator's `ActiveModule` swaps it.
 //! - A fresh store and instance per call, from the module's one `InstancePre`, capped
 //!   by [`SandboxLimits`]; every failure is a typed [`CallError`], never a panic.
 //!   [`LoadedModule::call`] blocks; [`ModuleCaller::call`] runs it on the blocking
@@ -16,21 +16,19 @@
 //!
 //! ```no_run
 //! # async fn example(snapshot_json: Vec<u8>) -> anyhow::Result<()> {
-//! use wasm_operator::runtime::{ActiveModule, EngineOptions, ModuleCaller, SandboxEngine, SandboxLimits};
+//! use wasm_operator::runtime::{ModuleCaller, SandboxConfig, SandboxEngine};
 //!
-//! let engine = SandboxEngine::new(SandboxLimits::default(), &EngineOptions::default())?;
+//! let engine = SandboxEngine::new(&SandboxConfig::default().for_concurrency(4))?;
 //! let module = engine.load_async(std::fs::read("module.wasm")?).await?;
-//! let active = ActiveModule::new(module);
 //! let caller = ModuleCaller::new(4);
-//! let reply = caller.call(active.current(), snapshot_json).await?;
+//! let reply = caller.call(module, snapshot_json).await?;
 //! println!("{:?} in {:?}", reply.outcome, reply.elapsed);
 //! # Ok(()) }
 //! ```
 //!
-//! Error messages include their causes (`"module failed its smoke reconcile: module
-//! trapped in reconcile: ..."`): log an error's `Display`, not its whole chain.
+//! Error messages never repeat their causes: print an error with
+//! [`error_chain`](crate::error_chain), which joins the whole chain on one line.
 
-mod active;
 mod call;
 mod caller;
 mod engine;
@@ -38,12 +36,11 @@ mod limits;
 mod manifest;
 mod module;
 
-pub use active::ActiveModule;
 pub use call::{CallError, CallStage, Reply};
 pub use caller::ModuleCaller;
 pub use engine::{
-    Allocator, EngineError, EngineOptions, ModuleCache, SandboxEngine, engine_without_deadline,
+    Allocator, EngineError, ModuleCache, SandboxConfig, SandboxEngine, engine_without_deadline,
 };
 pub use limits::{LimitsError, MAX_MEMORY_BYTES, MAX_STACK_BYTES, MIN_STACK_BYTES, SandboxLimits};
 pub use manifest::{ManifestError, validate_manifest};
-pub use module::{LoadError, LoadedModule};
+pub use module::{LoadError, LoadedModule, digest};

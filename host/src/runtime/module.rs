@@ -1,5 +1,6 @@
-//! Module validation and loading: the full acceptance check of DESIGN.md §4, run on
-//! every module before its first real call (at start-up, and on hot-swap candidates).
+//! Module validation and loading: the full acceptance check (docs/abi.md, *Hot swap
+//! acceptance checks*), run on every module before its first real call (at start-up,
+//! and on hot-swap candidates).
 //!
 //! Guarantees of a [`LoadedModule`]:
 //! - it imports nothing, exports the ABI v1 functions with their exact signatures and
@@ -26,7 +27,7 @@ use wasmtime::{ExternType, FuncType, Module, ModuleExport, ValType};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The module file could not be read.
-    #[error("cannot read module {path}: {source}", path = path.display())]
+    #[error("cannot read module {path}", path = path.display())]
     Read {
         /// The file.
         path: std::path::PathBuf,
@@ -35,7 +36,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The bytes are not a valid WebAssembly module, or do not fit the sandbox.
-    #[error("module does not compile: {0}")]
+    #[error("module does not compile")]
     Compile(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The module imports something; ABI v1 modules import nothing.
     #[error("module has imports, but abi v1 modules import nothing: {}", imports.join(", "))]
@@ -68,23 +69,28 @@ pub enum LoadError {
         found: i32,
     },
     /// The module could not be prepared for instantiation.
-    #[error("module cannot be instantiated: {0}")]
+    #[error("module cannot be instantiated")]
     Link(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Calling `reconcile_abi_version` or `reconcile_manifest` failed.
-    #[error("module failed while describing itself: {0}")]
+    #[error("module failed while describing itself")]
     Describe(#[source] CallError),
     /// The manifest is not JSON or not shaped like an ABI v1 manifest.
-    #[error("module manifest does not decode: {0}")]
+    #[error("module manifest does not decode")]
     ManifestDecode(#[source] serde_json::Error),
     /// The manifest decodes but is not valid.
-    #[error("module manifest is invalid: {0}")]
+    #[error("module manifest is invalid")]
     ManifestInvalid(#[source] ManifestError),
     /// The smoke reconcile of a synthetic snapshot failed.
-    #[error("module failed its smoke reconcile: {0}")]
+    #[error("module failed its smoke reconcile")]
     SmokeTest(#[source] CallError),
     /// The blocking load task died (a host bug).
     #[error("module load task failed: {0}")]
     Task(String),
+}
+
+/// `sha256:<hex>` of a module's bytes: the digest the host shows, logs and compares.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 impl LoadError {
@@ -133,7 +139,7 @@ impl SandboxEngine {
     /// Compiles (through the on-disk cache) and runs guest code twice: call it off the
     /// async executor (see [`SandboxEngine::load_async`]).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let digest = digest(bytes);
         let module = Module::new(self.engine(), bytes).map_err(|err| LoadError::Compile(err.into()))?;
 
         let imports: Vec<String> = module

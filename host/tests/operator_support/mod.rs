@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
-use wasm_operator::operator::backoff::Backoff;
-use wasm_operator::operator::module::{Module, ModuleCallError, WasmModule};
-use wasm_operator::operator::{OperatorConfig, RunningOperator, watch::Scope};
+use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
+use wasm_operator::{Backoff, Module, ModuleCallError, OperatorConfig, RunningOperator, Scope, WasmModule};
 
 pub use e2e::{DEFAULT_TIMEOUT, TestNamespace, wait_until};
 
@@ -71,15 +70,12 @@ pub async fn mirror_wasm() -> Result<PathBuf> {
 /// The configmap-mirror module, loaded by the runtime layer from its wasm build.
 pub async fn mirror_module() -> Result<Arc<WasmModule>> {
     let path = mirror_wasm().await?;
-    let sandbox = wasm_operator::cli::SandboxArgs {
-        memory_limit_mib: 64,
-        deadline_ms: 2000,
-        output_limit_mib: 4,
-        stack_limit_kib: 512,
-        module_cache_dir: None,
-        no_module_cache: true,
+    let sandbox = SandboxConfig {
+        limits: SandboxLimits { deadline: Duration::from_millis(2000), ..SandboxLimits::default() },
+        cache: ModuleCache::Disabled,
+        ..SandboxConfig::default()
     };
-    Ok(wasm_operator::operator::load_module(&path, &sandbox, 4).await?)
+    Ok(wasm_operator::load_module(&path, &sandbox, 4).await?)
 }
 
 /// A module implemented natively, for hostile and edge-case behaviour.

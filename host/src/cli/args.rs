@@ -1,0 +1,224 @@
+//! The subcommands' flags, and their conversion into the library's plain
+//! configuration types. Nothing outside `cli/` sees these structs.
+
+use crate::lifecycle::ConfigMapSource;
+use crate::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `wasm-operator module push`.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// The ConfigMap and key to upload to, as NAMESPACE/NAME[:KEY] (key default
+    /// `module.wasm`); created if missing.
+    #[arg(long, value_name = "NS/NAME[:KEY]")]
+    pub configmap: ConfigMapSource,
+    /// The module (a `.wasm` file).
+    #[arg(value_name = "FILE.wasm")]
+    pub file: PathBuf,
+    /// Validate and compress, but upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The field manager of the server-side apply.
+    #[arg(long, default_value = "wasm-operator-push", value_name = "NAME")]
+    pub field_manager: String,
+    /// Limits of the module sandbox; use the operator's.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The sandbox every module call runs in.
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
+    /// Maximum linear memory of one module instance, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub memory_limit_mib: u64,
+    /// Wall-clock deadline of one module call, in milliseconds (epoch interruption).
+    #[arg(long, default_value_t = 250, value_name = "MS")]
+    pub deadline_ms: u64,
+    /// Maximum size of a module's output (manifest or outcome), in MiB.
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
+    pub output_limit_mib: u64,
+    /// Maximum wasm stack of one module call, in KiB.
+    #[arg(long, default_value_t = 512, value_name = "KIB")]
+    pub stack_limit_kib: u64,
+    /// Directory of the on-disk cache of compiled modules (default:
+    /// `${XDG_CACHE_HOME:-$HOME/.cache}/wasm-operator`).
+    #[arg(long, value_name = "DIR", env = "WASM_OPERATOR_MODULE_CACHE_DIR")]
+    pub module_cache_dir: Option<PathBuf>,
+    /// Compile modules on every load instead of using the on-disk cache.
+    #[arg(long, conflicts_with = "module_cache_dir")]
+    pub no_module_cache: bool,
+}
+
+/// `wasm-operator run`.
+#[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("module_source").required(true).args(["module", "module_configmap"]))]
+pub struct RunArgs {
+    /// The module to run (a `.wasm` file, gzip allowed). The file is watched (polled
+    /// every second, following symlinks, so a mounted ConfigMap's atomic update is
+    /// seen): a new version is validated and swapped in without a restart, a bad one
+    /// refused while the running one keeps serving. It must be valid at start.
+    #[arg(long, value_name = "PATH", env = "WASM_OPERATOR_MODULE")]
+    pub module: Option<PathBuf>,
+    /// Load the module from a ConfigMap key instead, as NAMESPACE/NAME[:KEY] (key
+    /// default `module.wasm`; binaryData, gzip allowed; `module push` uploads
+    /// there). The ConfigMap is watched through the API: a new version is validated
+    /// and swapped in without a restart, a bad one refused (Warning event on the
+    /// ConfigMap) while the running one keeps serving. At start the operator waits,
+    /// logging why, until the key holds a valid module; it reconciles nothing before.
+    #[arg(
+        long,
+        value_name = "NS/NAME[:KEY]",
+        env = "WASM_OPERATOR_MODULE_CONFIGMAP",
+        conflicts_with = "module"
+    )]
+    pub module_configmap: Option<ConfigMapSource>,
+    /// Watch and reconcile only this namespace (default: all namespaces).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Reconcile only primaries matching this label selector, e.g. `shard=a`.
+    #[arg(long, value_name = "SELECTOR")]
+    pub label_selector: Option<String>,
+    /// How many primaries may reconcile at once; also bounds concurrent module calls.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+    /// Only reconcile while holding a coordination.k8s.io Lease, so that several
+    /// replicas can run for availability.
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace, else `default`).
+    #[arg(long, value_name = "NS")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
+    pub lease_name: String,
+    /// Address of the HTTP server for /metrics, /healthz, /readyz and /module.
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub http_addr: SocketAddr,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// `wasm-operator reconcile`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// The module (a `.wasm` file).
+    #[arg(long, value_name = "PATH")]
+    pub module: PathBuf,
+    /// The snapshot JSON file (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub snapshot: PathBuf,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// `wasm-operator manifest`.
+#[derive(Debug, Clone, Args)]
+pub struct ManifestArgs {
+    /// The module (a `.wasm` file).
+    #[arg(long, value_name = "PATH")]
+    pub module: PathBuf,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// `wasm-operator snapshot`.
+#[derive(Debug, Clone, Args)]
+pub struct SnapshotArgs {
+    /// The primary object, as NAMESPACE/NAME.
+    #[arg(value_name = "NAMESPACE/NAME")]
+    pub object: String,
+    /// The module whose manifest says what the snapshot holds.
+    #[arg(long, value_name = "PATH", env = "WASM_OPERATOR_MODULE")]
+    pub module: PathBuf,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// `wasm-operator rbac`.
+#[derive(Debug, Clone, Args)]
+pub struct RbacArgs {
+    /// The module (a `.wasm` file).
+    #[arg(long, value_name = "PATH")]
+    pub module: PathBuf,
+    /// Grant rights only in this namespace (a Role; run the operator with the same
+    /// `--namespace`). Default: all namespaces (a ClusterRole).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// The ServiceAccount the operator runs as; also the name of the roles and bindings.
+    #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
+    pub service_account: String,
+    /// The namespace the operator runs in (its ServiceAccount, Lease and module ConfigMap).
+    #[arg(long, default_value = "wasm-operator", value_name = "NS")]
+    pub operator_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
+    pub lease_name: String,
+    /// Also grant reading this ConfigMap of the operator's namespace, the module's source.
+    #[arg(long, value_name = "NAME")]
+    pub module_configmap: Option<String>,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+impl SandboxArgs {
+    /// The sandbox configuration these flags describe, for `concurrency` concurrent
+    /// calls. The limits are checked when the engine is built.
+    pub fn config(&self, concurrency: usize) -> SandboxConfig {
+        // Saturating: a value too large for the machine is refused by the check as out
+        // of range, never wrapped into a small one.
+        let bytes = |count: u64, unit: u64| usize::try_from(count.saturating_mul(unit)).unwrap_or(usize::MAX);
+        let limits = SandboxLimits {
+            memory_bytes: bytes(self.memory_limit_mib, MIB),
+            deadline: Duration::from_millis(self.deadline_ms),
+            output_bytes: bytes(self.output_limit_mib, MIB),
+            stack_bytes: bytes(self.stack_limit_kib, KIB),
+            ..SandboxLimits::default()
+        };
+        let cache = match (&self.module_cache_dir, self.no_module_cache) {
+            (_, true) => ModuleCache::Disabled,
+            (Some(dir), false) => ModuleCache::Dir(dir.clone()),
+            (None, false) => ModuleCache::Default,
+        };
+        SandboxConfig { limits, cache, ..SandboxConfig::default() }.for_concurrency(concurrency)
+    }
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Sandbox {
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    }
+
+    #[test]
+    fn command_line_defaults_are_the_design_defaults() {
+        let args = Sandbox::parse_from(["test"]).sandbox;
+        let config = args.config(4);
+        assert_eq!(config.limits, SandboxLimits::default());
+        assert!(config.limits.validate().is_ok());
+        assert_eq!(config.max_instances, 12);
+    }
+
+    #[test]
+    fn limits_too_large_for_the_machine_are_refused_not_wrapped() {
+        let args = Sandbox::parse_from(["test", "--memory-limit-mib", &u64::MAX.to_string()]).sandbox;
+        let err = args.config(1).limits.validate().expect_err("refused");
+        assert!(err.to_string().contains("memory limit of"), "{err}");
+    }
+}

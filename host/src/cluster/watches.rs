@@ -1,0 +1,462 @@
+//! The watches: one task per served kind, feeding the caches and the work queue.
+//!
+//! - the primary kind, scoped by `--namespace` and `--label-selector`, into the
+//!   primary store; every change queues that primary;
+//! - each served related kind, scoped by namespace and by the existence of the owner
+//!   label (objects without it are never associated), into the association index;
+//!   a change queues the primaries the object was and is claimed by;
+//! - each served `reads` kind, metadata only (values are never cached), mapped back to
+//!   the primaries that required the object through the requirement index;
+//! - a re-discovery loop for optional kinds that are absent, which starts their watch
+//!   when their CRD appears and then reconciles every primary.
+//!
+//! [`start`] is the one place watches are set up; a hot swap whose manifest changes
+//! the kinds drops the [`Watches`] (aborting its tasks) and calls it again.
+//! Requirements on an object of a related kind that lacks the owner label are not
+//! watched (the related watch filters on the label): the controller polls a primary
+//! that has one (`UNWATCHED_REQUIREMENT_POLL`).
+
+use super::discovery::{KindLookup, KindRegistry, resolve};
+use super::index::{KindKey, ObjectKey, ObjectStore, RelatedStore, RequirementIndex, RequirementTarget};
+use crate::queue::{Cause, WorkQueue};
+use futures::{StreamExt, TryStreamExt};
+use kube::Client;
+use kube::api::{Api, DynamicObject};
+use kube::core::PartialObjectMeta;
+use kube::discovery::ApiResource;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use reconcile_sdk::{KindRef, Manifest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often absent optional kinds are looked for again.
+pub const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Where and what the primary watch looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Only this namespace (all when `None`).
+    pub namespace: Option<String>,
+    /// Only primaries matching this label selector.
+    pub label_selector: Option<String>,
+}
+
+/// The caches the watches fill, shared with the reconcilers.
+#[derive(Debug)]
+pub struct Caches {
+    /// The primaries in scope.
+    pub primaries: RwLock<ObjectStore>,
+    /// The objects of each related kind, indexed by owner.
+    pub related: RwLock<HashMap<KindKey, RelatedStore>>,
+    /// Which primary required which object.
+    pub requirements: RwLock<RequirementIndex>,
+    unsynced: AtomicUsize,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // A panicking writer leaves a store that is at worst one event behind; the next
+    // relist repairs it, so poisoning is not fatal here.
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Caches {
+    /// Empty caches for `manifest`.
+    pub fn new(manifest: &Manifest) -> Self {
+        Self {
+            primaries: RwLock::new(ObjectStore::default()),
+            related: RwLock::new(HashMap::new()),
+            requirements: RwLock::new(RequirementIndex::default()),
+            unsynced: AtomicUsize::new(0),
+        }
+        .with_owner_label(manifest)
+    }
+
+    fn with_owner_label(self, manifest: &Manifest) -> Self {
+        {
+            let mut related = write(&self.related);
+            for kind in &manifest.related {
+                related
+                    .entry(KindKey::new(&kind.api_version, &kind.kind))
+                    .or_insert_with(|| RelatedStore::new(&manifest.owner_label));
+            }
+        }
+        self
+    }
+
+    /// The cached primary at `key`.
+    pub fn primary(&self, key: &ObjectKey) -> Option<Arc<DynamicObject>> {
+        read(&self.primaries).get(key)
+    }
+
+    /// Every cached primary's key.
+    pub fn primary_keys(&self) -> Vec<ObjectKey> {
+        read(&self.primaries).keys()
+    }
+
+    /// The cached objects of every related kind claiming `primary` by the owner label.
+    pub fn claimed_by(&self, primary: &ObjectKey) -> Vec<(KindKey, Arc<DynamicObject>)> {
+        let related = read(&self.related);
+        let mut out = Vec::new();
+        for (kind, store) in related.iter() {
+            out.extend(store.claimed_by(primary).into_iter().map(|o| (kind.clone(), o)));
+        }
+        out
+    }
+
+    /// Records `primary`'s requirements.
+    pub fn set_requirements(&self, primary: &ObjectKey, targets: Vec<RequirementTarget>) {
+        write(&self.requirements).set(primary, targets);
+    }
+
+    /// Forgets a primary that is gone.
+    pub fn forget(&self, primary: &ObjectKey) {
+        write(&self.requirements).remove(primary);
+    }
+
+    /// The requirements `primary` had last time.
+    pub fn requirements_of(&self, primary: &ObjectKey) -> Vec<RequirementTarget> {
+        read(&self.requirements).targets_of(primary).to_vec()
+    }
+
+    /// Whether every started watch has delivered its initial list.
+    pub fn synced(&self) -> bool {
+        self.unsynced.load(Ordering::Acquire) == 0
+    }
+
+    fn queue_existing(
+        &self,
+        queue: &WorkQueue<ObjectKey>,
+        keys: impl IntoIterator<Item = ObjectKey>,
+        kind: &KindKey,
+    ) {
+        let primaries = read(&self.primaries);
+        for key in keys {
+            if primaries.get(&key).is_some() {
+                queue.enqueue(key, Cause::Related(Arc::from(kind.kind.as_str())));
+            }
+        }
+    }
+
+    fn queue_requirers(&self, queue: &WorkQueue<ObjectKey>, kind: &KindKey, key: ObjectKey) {
+        let target = RequirementTarget { kind: kind.clone(), key };
+        let requirers = read(&self.requirements).primaries_for(&target);
+        for primary in requirers {
+            queue.enqueue(primary, Cause::Required(Arc::from(kind.kind.as_str())));
+        }
+    }
+}
+
+/// The running watches; dropping it stops them.
+#[derive(Debug)]
+pub struct Watches {
+    /// The caches they fill.
+    pub caches: Arc<Caches>,
+    /// The kinds as discovered (and re-discovered).
+    pub kinds: Arc<KindRegistry>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Everything a watch task needs.
+#[derive(Clone)]
+struct WatchContext {
+    client: Client,
+    scope: Scope,
+    owner_label: String,
+    caches: Arc<Caches>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+}
+
+/// Starts every watch `manifest` calls for, with `kinds` as discovered.
+pub fn start(
+    client: Client,
+    server: String,
+    manifest: &Manifest,
+    kinds: Arc<KindRegistry>,
+    scope: Scope,
+    queue: Arc<WorkQueue<ObjectKey>>,
+) -> Watches {
+    let caches = Arc::new(Caches::new(manifest));
+    let ctx = WatchContext {
+        client,
+        scope,
+        owner_label: manifest.owner_label.clone(),
+        caches: caches.clone(),
+        queue,
+    };
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let spawn = |tasks: &Mutex<Vec<JoinHandle<()>>>, task: JoinHandle<()>| {
+        tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(task);
+    };
+    caches.unsynced.fetch_add(1, Ordering::AcqRel);
+    spawn(&tasks, tokio::spawn(watch_primaries(ctx.clone(), kinds.primary().clone())));
+    let mut started = std::collections::HashSet::new();
+    for kind in &manifest.related {
+        let key = KindKey::new(&kind.api_version, &kind.kind);
+        if let KindLookup::Served(_, resource) = kinds.lookup(&key)
+            && started.insert(("related", key.clone()))
+        {
+            caches.unsynced.fetch_add(1, Ordering::AcqRel);
+            spawn(&tasks, tokio::spawn(watch_related(ctx.clone(), key, resource)));
+        }
+    }
+    for kind in &manifest.reads {
+        let key = KindKey::new(&kind.api_version, &kind.kind);
+        if let KindLookup::Served(_, resource) = kinds.lookup(&key)
+            && started.insert(("reads", key.clone()))
+        {
+            caches.unsynced.fetch_add(1, Ordering::AcqRel);
+            spawn(&tasks, tokio::spawn(watch_reads(ctx.clone(), key, resource)));
+        }
+    }
+    let role_of = {
+        let related: Vec<KindKey> =
+            manifest.related.iter().map(|k| KindKey::new(&k.api_version, &k.kind)).collect();
+        move |k: &KindKey| related.contains(k)
+    };
+    spawn(
+        &tasks,
+        tokio::spawn(rediscover(ctx, server, kinds.clone(), tasks.clone(), role_of, manifest.reads.clone())),
+    );
+    Watches { caches, kinds, tasks }
+}
+
+fn api_for<K>(ctx: &WatchContext, resource: &ApiResource) -> Api<K>
+where
+    K: kube::Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>,
+{
+    match &ctx.scope.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, resource),
+        None => Api::all_with(ctx.client.clone(), resource),
+    }
+}
+
+fn strip(obj: &mut DynamicObject) {
+    // Never read by the host or passed to a module: not worth the memory.
+    obj.metadata.managed_fields = None;
+}
+
+/// Marks one watch synced, once.
+struct SyncOnce<'a>(&'a Caches, bool);
+
+impl SyncOnce<'_> {
+    fn done(&mut self) {
+        if !self.1 {
+            self.1 = true;
+            self.0.unsynced.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+async fn watch_primaries(ctx: WatchContext, resource: ApiResource) {
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &ctx.scope.label_selector {
+        config = config.labels(selector);
+    }
+    let api: Api<DynamicObject> = api_for(&ctx, &resource);
+    let mut stream = watcher(api, config, &resource.kind);
+    let mut synced = SyncOnce(&ctx.caches, false);
+    let mut buffer = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Event::Apply(mut obj) => {
+                strip(&mut obj);
+                let key = ObjectKey::of(&obj);
+                write(&ctx.caches.primaries).apply(obj);
+                if let Some(key) = key {
+                    ctx.queue.enqueue(key, Cause::Primary);
+                }
+            }
+            Event::Delete(obj) => {
+                if let Some(key) = ObjectKey::of(&obj) {
+                    write(&ctx.caches.primaries).delete(&key);
+                    // The reconcile finds it gone and forgets its state.
+                    ctx.queue.enqueue(key, Cause::Primary);
+                }
+            }
+            Event::Init => buffer.clear(),
+            Event::InitApply(mut obj) => {
+                strip(&mut obj);
+                buffer.push(obj);
+            }
+            Event::InitDone => {
+                let touched = write(&ctx.caches.primaries).replace_all(std::mem::take(&mut buffer));
+                for key in touched {
+                    ctx.queue.enqueue(key, Cause::Primary);
+                }
+                synced.done();
+            }
+        }
+    }
+}
+
+async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource) {
+    // Only labelled objects can ever be associated, so the API server filters.
+    let config = watcher::Config::default().labels(&ctx.owner_label);
+    let api: Api<DynamicObject> = api_for(&ctx, &resource);
+    let mut stream = watcher(api, config, &resource.kind);
+    let mut synced = SyncOnce(&ctx.caches, false);
+    let mut buffer = Vec::new();
+    while let Some(event) = stream.next().await {
+        let (owners, changed): (Vec<ObjectKey>, Vec<ObjectKey>) = {
+            let mut related = write(&ctx.caches.related);
+            let store = related.entry(kind.clone()).or_insert_with(|| RelatedStore::new(&ctx.owner_label));
+            match event {
+                Event::Apply(mut obj) => {
+                    strip(&mut obj);
+                    let key = ObjectKey::of(&obj);
+                    (store.apply(obj), key.into_iter().collect())
+                }
+                Event::Delete(obj) => match ObjectKey::of(&obj) {
+                    Some(key) => (store.delete(&key), vec![key]),
+                    None => (Vec::new(), Vec::new()),
+                },
+                Event::Init => {
+                    buffer.clear();
+                    (Vec::new(), Vec::new())
+                }
+                Event::InitApply(mut obj) => {
+                    strip(&mut obj);
+                    buffer.push(obj);
+                    (Vec::new(), Vec::new())
+                }
+                Event::InitDone => {
+                    let owners = store.replace_all(std::mem::take(&mut buffer));
+                    synced.done();
+                    (owners, Vec::new())
+                }
+            }
+        };
+        ctx.caches.queue_existing(&ctx.queue, owners, &kind);
+        for key in changed {
+            ctx.caches.queue_requirers(&ctx.queue, &kind, key);
+        }
+    }
+}
+
+async fn watch_reads(ctx: WatchContext, kind: KindKey, resource: ApiResource) {
+    let api: Api<PartialObjectMeta<DynamicObject>> = api_for(&ctx, &resource);
+    let mut stream = watcher(api, watcher::Config::default(), &resource.kind);
+    let mut synced = SyncOnce(&ctx.caches, false);
+    // Only resourceVersions, so that a relist can tell what changed while the watch
+    // was down without caching any value.
+    let mut versions: HashMap<ObjectKey, String> = HashMap::new();
+    let mut listing: HashMap<ObjectKey, String> = HashMap::new();
+    let key_of = |meta: &PartialObjectMeta<DynamicObject>| {
+        let name = meta.metadata.name.clone()?;
+        Some(ObjectKey::new(meta.metadata.namespace.clone().unwrap_or_default(), name))
+    };
+    while let Some(event) = stream.next().await {
+        match event {
+            Event::Apply(meta) => {
+                if let Some(key) = key_of(&meta) {
+                    versions.insert(key.clone(), meta.metadata.resource_version.clone().unwrap_or_default());
+                    ctx.caches.queue_requirers(&ctx.queue, &kind, key);
+                }
+            }
+            Event::Delete(meta) => {
+                if let Some(key) = key_of(&meta) {
+                    versions.remove(&key);
+                    ctx.caches.queue_requirers(&ctx.queue, &kind, key);
+                }
+            }
+            Event::Init => listing.clear(),
+            Event::InitApply(meta) => {
+                if let Some(key) = key_of(&meta) {
+                    listing.insert(key, meta.metadata.resource_version.clone().unwrap_or_default());
+                }
+            }
+            Event::InitDone => {
+                let fresh = std::mem::take(&mut listing);
+                let mut changed: Vec<ObjectKey> =
+                    versions.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
+                changed.extend(
+                    fresh.iter().filter(|(k, v)| versions.get(*k) != Some(*v)).map(|(k, _)| k.clone()),
+                );
+                versions = fresh;
+                if synced.1 {
+                    for key in changed {
+                        ctx.caches.queue_requirers(&ctx.queue, &kind, key);
+                    }
+                }
+                synced.done();
+            }
+        }
+    }
+}
+
+/// A watch stream that retries forever with kube-runtime's default backoff, logging
+/// errors; it ends only when its task is aborted.
+fn watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &str,
+) -> impl futures::Stream<Item = Event<K>> + Send + Unpin + 'static
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let kind = kind.to_owned();
+    Box::pin(
+        watcher::watcher(api, config)
+            .default_backoff()
+            .inspect_err(move |err| tracing::warn!(kind = %kind, error = %err, "watch failed; retrying"))
+            .filter_map(|event| futures::future::ready(event.ok())),
+    )
+}
+
+async fn rediscover(
+    ctx: WatchContext,
+    server: String,
+    kinds: Arc<KindRegistry>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    is_related: impl Fn(&KindKey) -> bool + Send + 'static,
+    reads: Vec<KindRef>,
+) {
+    let mut interval = tokio::time::interval(REDISCOVERY_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        for kind in kinds.absent() {
+            let resource = match resolve(&ctx.client, &server, &kind).await {
+                Ok(Some(resource)) => resource,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(kind = %kind.kind, error = %err, "re-discovery failed");
+                    continue;
+                }
+            };
+            tracing::info!(kind = %kind.kind, api_version = %kind.api_version, "optional kind is served now; watching it");
+            let key = KindKey::new(&kind.api_version, &kind.kind);
+            kinds.mark_served(&kind, resource.clone());
+            let mut started = Vec::new();
+            if is_related(&key) {
+                ctx.caches.unsynced.fetch_add(1, Ordering::AcqRel);
+                started.push(tokio::spawn(watch_related(ctx.clone(), key.clone(), resource.clone())));
+            }
+            if reads.iter().any(|r| r.is(&key.api_version, &key.kind)) {
+                ctx.caches.unsynced.fetch_add(1, Ordering::AcqRel);
+                started.push(tokio::spawn(watch_reads(ctx.clone(), key.clone(), resource)));
+            }
+            tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(started);
+            // What a module may do depends on which kinds exist: look at everyone again.
+            for primary in ctx.caches.primary_keys() {
+                ctx.queue.enqueue(primary, Cause::Resync);
+            }
+        }
+    }
+}

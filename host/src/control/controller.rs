@@ -1,0 +1,320 @@
+//! The controller: workers that take primaries from the work queue, run one
+//! [`Attempt`] each, and turn how it ended into what happens next.
+//!
+//! Guarantees:
+//! - different primaries reconcile in parallel (one worker each, `--concurrency`
+//!   workers), one primary never twice at once (the queue hands a key out once);
+//! - one function, [`Controller::settle`], turns an attempt's result into the requeue,
+//!   the backoff, the `ActionRejected` event and the metrics;
+//! - a failure becomes the next snapshot's `lastFailure` and the primary is retried
+//!   with exponential backoff; a rejection writes nothing, records a Warning event
+//!   `ActionRejected` on the primary and counts the rejection;
+//! - no reconcile runs before every watch has delivered its initial list, so a
+//!   snapshot never shows an existing object as missing;
+//! - workers run only while `leading` is true; when it turns false, or on shutdown,
+//!   they finish their reconcile in flight and stop.
+
+use super::attempt::{Attempt, Done, Stop};
+use super::backoff::{Backoff, Failures};
+use crate::cluster::watches::Watches;
+use crate::cluster::{KindRegistry, ObjectKey};
+use crate::error_chain;
+use crate::execute::Executor;
+use crate::module::ActiveModule;
+use crate::observe::Metrics;
+use crate::queue::{Cause, WorkQueue};
+use arc_swap::ArcSwap;
+use kube::Client;
+use kube::runtime::events::EventType as KubeEventType;
+use reconcile_sdk::LastFailure;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+/// How often a primary waiting for the caches to sync is looked at again.
+const CACHE_SYNC_POLL: Duration = Duration::from_millis(200);
+
+/// What the watches and the executor are built from; replaced as a whole when a hot
+/// swap changes the manifest's kinds.
+#[derive(Debug)]
+pub struct Wiring {
+    /// The running watches and their caches.
+    pub watches: Watches,
+    /// The executor for the manifest.
+    pub executor: Executor,
+}
+
+impl Wiring {
+    /// The discovered kinds.
+    pub fn kinds(&self) -> &Arc<KindRegistry> {
+        &self.watches.kinds
+    }
+}
+
+/// How one reconcile ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The final outcome's actions all ran.
+    Done {
+        /// When to look again even without a change.
+        requeue: Option<Duration>,
+    },
+    /// The module or an action failed.
+    Failed {
+        /// The failure, as the next `lastFailure` reports it.
+        message: String,
+        /// When to retry (`None`: only on the next change).
+        retry: Option<Duration>,
+    },
+    /// Confinement refused the batch or a requirement; nothing was written.
+    Rejected {
+        /// Why.
+        message: String,
+        /// When to retry.
+        retry: Duration,
+    },
+    /// The primary is gone; its state was forgotten.
+    Gone,
+}
+
+impl Verdict {
+    /// The `result` label of the reconcile metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Done { .. } => "success",
+            Verdict::Failed { .. } => "error",
+            Verdict::Rejected { .. } => "rejected",
+            Verdict::Gone => "gone",
+        }
+    }
+}
+
+/// The reconcile loop's shared state.
+pub struct Controller {
+    client: Client,
+    active: Arc<ActiveModule>,
+    wiring: ArcSwap<Wiring>,
+    queue: Arc<WorkQueue<ObjectKey>>,
+    failures: Mutex<Failures<ObjectKey>>,
+    metrics: Arc<Metrics>,
+    clock: fn() -> SystemTime,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("active", &self.active).finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// A controller over `wiring`, taking work from `queue`.
+    pub fn new(
+        client: Client,
+        active: Arc<ActiveModule>,
+        wiring: Wiring,
+        queue: Arc<WorkQueue<ObjectKey>>,
+        metrics: Arc<Metrics>,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            client,
+            active,
+            wiring: ArcSwap::from_pointee(wiring),
+            queue,
+            failures: Mutex::new(Failures::new(backoff)),
+            metrics,
+            clock: SystemTime::now,
+        }
+    }
+
+    /// The current wiring (watches, caches, executor).
+    pub fn wiring(&self) -> Arc<Wiring> {
+        self.wiring.load_full()
+    }
+
+    /// Replaces the wiring (hot swap with new kinds); reconciles in flight finish on
+    /// the old one.
+    pub fn set_wiring(&self, wiring: Wiring) {
+        self.wiring.store(Arc::new(wiring));
+    }
+
+    /// The work queue.
+    pub fn queue(&self) -> &Arc<WorkQueue<ObjectKey>> {
+        &self.queue
+    }
+
+    /// The active module's holder.
+    pub fn active(&self) -> &ActiveModule {
+        &self.active
+    }
+
+    /// The API client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The metrics reconciles record into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The host's clock now.
+    pub fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
+    /// The last failure of `key`, for its next snapshot.
+    pub fn last_failure(&self, key: &ObjectKey) -> Option<LastFailure> {
+        self.failures().last(key)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures<ObjectKey>> {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs workers while `leading` is true, until `shutdown` turns true; every
+    /// reconcile in flight finishes before this returns.
+    pub async fn run(
+        self: Arc<Self>,
+        concurrency: usize,
+        mut leading: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => return,
+                led = leading.wait_for(|l| *l) => if led.is_err() { return },
+            }
+            tracing::info!("leading: reconciling");
+            // Whatever happened while another replica led, look at everything once.
+            for key in self.wiring().watches.caches.primary_keys() {
+                self.queue.enqueue(key, Cause::Resync);
+            }
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let workers: Vec<_> =
+                (0..concurrency.max(1)).map(|_| tokio::spawn(self.clone().worker(stop_rx.clone()))).collect();
+            let shutting_down = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => true,
+                _ = leading.wait_for(|l| !*l) => false,
+            };
+            // The elector ends (closing `leading`) on shutdown too: that is not a
+            // loss of leadership.
+            let shutting_down = shutting_down || *shutdown.borrow();
+            let _ = stop_tx.send(true);
+            for worker in workers {
+                if let Err(err) = worker.await {
+                    tracing::error!(error = %err, "a reconcile worker panicked");
+                }
+            }
+            if shutting_down {
+                return;
+            }
+            tracing::warn!("lost leadership: stopped reconciling");
+        }
+    }
+
+    async fn worker(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let (key, cause) = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                next = self.queue.next() => next,
+            };
+            if !self.wiring().watches.caches.synced() {
+                // A snapshot from a half-listed cache could show an existing object as
+                // missing, and a module would re-create (overwrite) it: wait for every
+                // watch's initial list, at startup and when an optional kind appears.
+                self.queue.enqueue_after(key.clone(), CACHE_SYNC_POLL, Cause::CacheSync);
+                self.queue.done(&key);
+                continue;
+            }
+            let span = tracing::info_span!("reconcile", namespace = %key.namespace, name = %key.name, %cause);
+            let started = tokio::time::Instant::now();
+            let verdict = self.reconcile(&key).instrument(span.clone()).await;
+            self.metrics.reconciled(verdict.label(), started.elapsed());
+            let _entered = span.enter();
+            match &verdict {
+                Verdict::Done { requeue } => {
+                    tracing::debug!(?requeue, "reconciled");
+                    if let Some(delay) = requeue {
+                        self.queue.enqueue_after(key.clone(), *delay, Cause::Requeue);
+                    }
+                }
+                Verdict::Failed { message, retry } => {
+                    tracing::warn!(?retry, "reconcile failed: {message}");
+                    if let Some(delay) = retry {
+                        self.queue.enqueue_after(key.clone(), *delay, Cause::Retry);
+                    }
+                }
+                Verdict::Rejected { message, retry } => {
+                    tracing::warn!(?retry, "action rejected: {message}");
+                    self.queue.enqueue_after(key.clone(), *retry, Cause::Retry);
+                }
+                Verdict::Gone => tracing::debug!("primary is gone"),
+            }
+            self.queue.done(&key);
+        }
+    }
+
+    /// Reconciles one primary: one [`Attempt`] with the active module and wiring,
+    /// settled into a [`Verdict`].
+    pub async fn reconcile(&self, key: &ObjectKey) -> Verdict {
+        let attempt = Attempt::new(self, key);
+        let result = attempt.run().await;
+        self.settle(&attempt, result).await
+    }
+
+    /// Turns how an attempt ended into the verdict, the backoff, the event and the
+    /// metrics. The one place that does.
+    pub(crate) async fn settle(&self, attempt: &Attempt<'_>, result: Result<Done, Stop>) -> Verdict {
+        let key = attempt.key;
+        let stop = match result {
+            Ok(Done { requeue }) => {
+                self.failures().succeeded(key);
+                return Verdict::Done { requeue };
+            }
+            Err(stop) => stop,
+        };
+        let message = stop.message();
+        match stop {
+            Stop::Gone => {
+                self.failures().succeeded(key);
+                attempt.wiring.watches.caches.forget(key);
+                Verdict::Gone
+            }
+            Stop::Rejected { op, primary, .. } => {
+                self.metrics.rejection(op);
+                let manifest = attempt.module.module.manifest();
+                if let Err(err) = attempt
+                    .wiring
+                    .executor
+                    .event(KubeEventType::Warning, "ActionRejected", &message, op, manifest, &primary)
+                    .await
+                {
+                    tracing::warn!("cannot record the ActionRejected event: {}", error_chain(&err));
+                }
+                let retry = self.failures().failed(key, message.clone());
+                Verdict::Rejected { message, retry }
+            }
+            // A failed action is retried with backoff, but never later than the module
+            // asked to look again (a module retrying a cleanup every 5 s is retried
+            // every 5 s at most, however long it has been failing).
+            Stop::ActionFailed { requeue, .. } => {
+                let delay = self.failures().failed(key, message.clone());
+                let delay = requeue.map_or(delay, |asked| delay.min(asked));
+                Verdict::Failed { message, retry: Some(delay) }
+            }
+            Stop::NoUid => self.fail(key, message, false),
+            Stop::ModuleError { retryable, .. } => self.fail(key, message, retryable),
+            Stop::Undecided(_) | Stop::Reread(_) | Stop::Conflicts => self.fail(key, message, true),
+        }
+    }
+
+    fn fail(&self, key: &ObjectKey, message: String, retry: bool) -> Verdict {
+        let delay = self.failures().failed(key, message.clone());
+        Verdict::Failed { message, retry: retry.then_some(delay) }
+    }
+}

@@ -1,0 +1,530 @@
+//! Hot swap: validate a candidate module, switch to it atomically, keep the last good
+//! one when it is bad (docs/abi.md, *Hot swap acceptance checks*).
+//!
+//! One task ([`Swapper::run`]) takes the source's newest state ([`super::source`]) and
+//! handles candidates one at a time, so swaps never overlap. For each candidate:
+//!
+//! 1. **Decode**: gunzip when gzip ([`source::decode`]); a candidate whose digest is
+//!    the active module's, or the last one looked at, is skipped (a relist or a
+//!    metadata-only change of the ConfigMap is not a new module).
+//! 2. **Validate**: [`SandboxEngine::load`] (the runtime's one acceptance check: no
+//!    imports, exports and ABI 1, manifest, compile, a smoke `reconcile` within the
+//!    deadline), off the async executor, with the same engine, limits and
+//!    compiled-module cache as the active module.
+//! 3. **Rights**: for every single right the new manifest needs and the active one did
+//!    not ([`crate::policy::rbac::access_checks`]), a SelfSubjectAccessReview; a denied one
+//!    refuses the candidate, naming the missing permission.
+//! 4. **Watches**: if the manifest changes what is watched or how it is written
+//!    (primary, related, reads, owner label, field manager), the kinds are
+//!    discovered, new watches started (on the same work queue) and the swap waits
+//!    until each has delivered its initial list; reconciles go on with the old module
+//!    and its watches meanwhile.
+//! 5. **Commit**: the new wiring (if any) is stored, then the new module; calls in
+//!    flight finish on the module (and wiring) they started with, new reconciles use
+//!    the new ones; the old watches stop when the last reconcile using them ends.
+//!    Then every primary is queued once, so the new logic applies to all of them. The
+//!    queue hands a key out once at a time and marks a key queued while in flight
+//!    dirty (re-run after it finishes), so no reconcile is lost or run concurrently.
+//!    A reconcile that starts in the instant between the two stores may pair the old
+//!    module with the new wiring; the requeue runs it again with the new pair.
+//!
+//! A refused candidate leaves the active module serving and is reported: a log line,
+//! `wasm_operator_module_rejected_total{reason}`, `/module`'s `lastRejection`, and for
+//! a ConfigMap source a Warning event `ModuleRejected` on the ConfigMap. A swap gives
+//! a Normal event `ModuleActivated` there.
+
+use super::source::{self, Payload, SourceState};
+use crate::cluster::{KindRegistry, Scope, watches};
+use crate::control::{Controller, Wiring};
+use crate::error_chain;
+use crate::execute::Executor;
+use crate::module::{ActiveModule, LoadedModuleInfo, Module, ModuleRejection, WasmModule};
+use crate::observe::{Metrics, ModuleLabels};
+use crate::queue::Cause;
+use crate::runtime::{LoadError, LoadedModule, ModuleCaller, SandboxEngine, digest};
+use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use reconcile_sdk::Manifest;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch as channel;
+
+/// How long new watches may take to deliver their initial lists before the candidate
+/// is refused (reason `sync`).
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The controller name on the swapper's events.
+const REPORTER: &str = "wasm-operator";
+
+/// Why a candidate was refused.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The failed check (the metric's `reason` label).
+    pub reason: &'static str,
+    /// Why, in words.
+    pub message: String,
+    /// The candidate's digest.
+    pub digest: String,
+}
+
+/// The `reason` label for a runtime validation failure.
+pub fn load_reason(err: &LoadError) -> &'static str {
+    match err {
+        LoadError::Read { .. } => "read",
+        LoadError::Compile(_) => "compile",
+        LoadError::Imports { .. } => "imports",
+        LoadError::MissingExport { .. } | LoadError::WrongExport { .. } => "exports",
+        LoadError::WrongAbi { .. } => "abi",
+        LoadError::Link(_) => "link",
+        LoadError::Describe(_) => "describe",
+        LoadError::ManifestDecode(_) | LoadError::ManifestInvalid(_) => "manifest",
+        LoadError::SmokeTest(_) => "smoke",
+        LoadError::Task(_) => "internal",
+    }
+}
+
+/// Whether going from `old` to `new` needs new watches and a new executor.
+pub fn needs_new_wiring(old: &Manifest, new: &Manifest) -> bool {
+    old.primary != new.primary
+        || old.related != new.related
+        || old.reads != new.reads
+        || old.owner_label != new.owner_label
+        || old.field_manager != new.field_manager
+}
+
+/// What a swap changes in a running operator.
+#[derive(Clone)]
+pub struct SwapTarget {
+    /// The API client.
+    pub client: Client,
+    /// The API server, for messages.
+    pub server: String,
+    /// The primary watch's scope (also where rights are checked).
+    pub scope: Scope,
+    /// The events' reportingInstance.
+    pub instance: Option<String>,
+    /// The controller (wiring and queue).
+    pub controller: Arc<Controller>,
+    /// The active module's holder.
+    pub active: Arc<ActiveModule>,
+}
+
+/// Validates candidates and swaps them in. See the module docs.
+pub struct Swapper {
+    engine: SandboxEngine,
+    caller: ModuleCaller,
+    client: Client,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    // The raw digest of the last payload handled, accepted or not.
+    last_seen: Option<String>,
+    last_missing: Option<String>,
+    sync_timeout: Duration,
+}
+
+impl std::fmt::Debug for Swapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swapper").field("engine", &self.engine).finish_non_exhaustive()
+    }
+}
+
+impl Swapper {
+    /// A swapper loading with `engine`, calling through `caller` (shared by every
+    /// version, so `--concurrency` bounds calls across a swap), reporting into
+    /// `metrics` and, as events, through `client`.
+    pub fn new(
+        engine: SandboxEngine,
+        caller: ModuleCaller,
+        client: Client,
+        instance: Option<String>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter { controller: REPORTER.to_owned(), instance };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            engine,
+            caller,
+            client,
+            metrics,
+            last_seen: None,
+            last_missing: None,
+            sync_timeout: SYNC_TIMEOUT,
+        }
+    }
+
+    /// The engine candidates are loaded with.
+    pub fn engine(&self) -> &SandboxEngine {
+        &self.engine
+    }
+
+    /// Decodes and validates one payload (steps 1 and 2).
+    async fn validate(&self, payload: &Payload) -> Result<Arc<LoadedModule>, Refusal> {
+        let bytes = source::decode(&payload.raw).map_err(|err| Refusal {
+            reason: "decode",
+            message: error_chain(&err),
+            digest: digest(&payload.raw),
+        })?;
+        let candidate = digest(&bytes);
+        self.engine.load_async(bytes).await.map_err(|err| Refusal {
+            reason: load_reason(&err),
+            message: error_chain(&err),
+            digest: candidate,
+        })
+    }
+
+    /// Waits for the first module the source offers that validates: the start of a
+    /// ConfigMap source. Until then the operator does not reconcile at all. Refused
+    /// candidates are reported as during a swap; a missing ConfigMap or key is logged
+    /// (once per change) and waited for.
+    pub async fn first_module(
+        &mut self,
+        rx: &mut channel::Receiver<SourceState>,
+    ) -> Option<(Arc<WasmModule>, String)> {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                SourceState::Unknown => {}
+                SourceState::Missing(why) => self.missing(&why, "waiting for it before reconciling"),
+                SourceState::Present(payload) => {
+                    let raw = digest(&payload.raw);
+                    if self.last_seen.as_deref() != Some(raw.as_str()) {
+                        self.last_seen = Some(raw);
+                        match self.validate(&payload).await {
+                            Ok(loaded) => {
+                                let manifest = loaded.manifest();
+                                tracing::info!(name = %manifest.name, version = %manifest.version, digest = %loaded.digest(), origin = %payload.origin, "module loaded");
+                                self.event(
+                                    &payload,
+                                    EventType::Normal,
+                                    "ModuleActivated",
+                                    &activated_note(&loaded),
+                                )
+                                .await;
+                                let module = Arc::new(WasmModule::new(loaded, self.caller.clone()));
+                                return Some((module, payload.origin));
+                            }
+                            Err(refusal) => {
+                                tracing::warn!("still waiting for a valid module");
+                                self.refused(&payload, &refusal, None).await;
+                            }
+                        }
+                    }
+                }
+            }
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Handles the source's states until the source ends: each new module version is
+    /// validated and swapped in, or refused.
+    pub async fn run(mut self, mut rx: channel::Receiver<SourceState>, target: SwapTarget) {
+        loop {
+            let state = rx.borrow_and_update().clone();
+            match state {
+                SourceState::Unknown => {}
+                SourceState::Missing(why) => self.missing(&why, "the active module keeps serving"),
+                SourceState::Present(payload) => {
+                    self.last_missing = None;
+                    let raw = digest(&payload.raw);
+                    if self.last_seen.as_deref() != Some(raw.as_str()) {
+                        self.last_seen = Some(raw);
+                        self.offer(&payload, &target).await;
+                    }
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn missing(&mut self, why: &str, consequence: &str) {
+        if self.last_missing.as_deref() != Some(why) {
+            tracing::warn!("no module at the module source: {why}; {consequence}");
+            self.last_missing = Some(why.to_owned());
+            // The same version coming back is a change worth validating again.
+            self.last_seen = None;
+        }
+    }
+
+    /// Validates `payload` and swaps it in, or reports why not. Returns whether the
+    /// module is active now.
+    pub async fn offer(&mut self, payload: &Payload, target: &SwapTarget) -> bool {
+        let current = target.active.current();
+        match self.swap(payload, target, &current).await {
+            Ok(None) => {
+                tracing::debug!(origin = %payload.origin, "the module source holds the active module");
+                true
+            }
+            Ok(Some(info)) => {
+                let old = current.module.manifest();
+                let new = info.module.manifest();
+                tracing::info!(
+                    name = %new.name,
+                    version = %new.version,
+                    digest = %info.module.digest(),
+                    previous_version = %old.version,
+                    previous_digest = %current.module.digest(),
+                    origin = %payload.origin,
+                    "module swapped"
+                );
+                true
+            }
+            Err(refusal) => {
+                self.refused(payload, &refusal, Some(&target.active)).await;
+                false
+            }
+        }
+    }
+
+    async fn swap(
+        &self,
+        payload: &Payload,
+        target: &SwapTarget,
+        current: &LoadedModuleInfo,
+    ) -> Result<Option<Arc<LoadedModuleInfo>>, Refusal> {
+        // Cheap before the validation: the same module again is no swap.
+        if let Ok(bytes) = source::decode(&payload.raw)
+            && digest(&bytes) == current.module.digest()
+        {
+            return Ok(None);
+        }
+        let loaded = self.validate(payload).await?;
+        let candidate = loaded.digest().to_owned();
+        let refuse = |reason, message| Refusal { reason, message, digest: candidate.clone() };
+        let old = current.module.manifest();
+        let new = loaded.manifest();
+
+        let missing =
+            self.missing_rights(old, new, target.scope.namespace.as_deref()).await.map_err(|err| {
+                refuse(
+                    "rights",
+                    format!("cannot check the rights the new manifest needs: {}", error_chain(&err)),
+                )
+            })?;
+        if !missing.is_empty() {
+            return Err(refuse(
+                "rights",
+                format!("the new manifest needs rights the operator does not hold: {}", missing.join("; ")),
+            ));
+        }
+
+        let wiring = if needs_new_wiring(old, new) {
+            tracing::info!(name = %new.name, version = %new.version, "the new manifest changes the watched kinds: starting new watches");
+            Some(self.wire(new, target).await.map_err(|(reason, message)| refuse(reason, message))?)
+        } else {
+            None
+        };
+
+        // The commit: wiring, then module, then everyone once.
+        if let Some(wiring) = wiring {
+            target.controller.set_wiring(wiring);
+        }
+        let module: Arc<dyn Module> = Arc::new(WasmModule::new(loaded.clone(), self.caller.clone()));
+        let info = target.active.store_from(module, Some(payload.origin.clone()));
+        self.metrics.set_module(
+            ModuleLabels { name: new.name.clone(), version: new.version.clone(), digest: candidate.clone() },
+            info.loaded_at,
+        );
+        self.metrics.module_swaps.inc();
+        let queue = target.controller.queue();
+        for key in target.controller.wiring().watches.caches.primary_keys() {
+            queue.enqueue(key, Cause::Swap);
+        }
+        self.event(payload, EventType::Normal, "ModuleActivated", &activated_note(&loaded)).await;
+        Ok(Some(info))
+    }
+
+    /// The rights `new` needs that `old` did not, and that a SelfSubjectAccessReview
+    /// denies, as readable lines.
+    async fn missing_rights(
+        &self,
+        old: &Manifest,
+        new: &Manifest,
+        namespace: Option<&str>,
+    ) -> Result<Vec<String>, kube::Error> {
+        let held = crate::policy::rbac::access_checks(old, namespace);
+        let checks: Vec<_> = crate::policy::rbac::access_checks(new, namespace)
+            .into_iter()
+            .filter(|c| !held.contains(c))
+            .collect();
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.client.clone());
+        let reviews = checks.iter().map(|check| {
+            let api = api.clone();
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(check.resource_attributes()),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            async move { api.create(&PostParams::default(), &review).await }
+        });
+        let answers = futures::future::join_all(reviews).await;
+        let mut missing = Vec::new();
+        for (check, answer) in checks.iter().zip(answers) {
+            if !answer?.status.is_some_and(|s| s.allowed) {
+                missing.push(check.to_string());
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Discovers `manifest`'s kinds, starts its watches and waits for their initial
+    /// lists; the error is (reason, message).
+    async fn wire(&self, manifest: &Manifest, target: &SwapTarget) -> Result<Wiring, (&'static str, String)> {
+        let kinds = KindRegistry::discover(&target.client, &target.server, manifest)
+            .await
+            .map_err(|err| ("discovery", error_chain(&err)))?;
+        let kinds = Arc::new(kinds);
+        let watches = watches::start(
+            target.client.clone(),
+            target.server.clone(),
+            manifest,
+            kinds.clone(),
+            target.scope.clone(),
+            target.controller.queue().clone(),
+        );
+        let synced = tokio::time::timeout(self.sync_timeout, async {
+            while !watches.caches.synced() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if synced.is_err() {
+            // Dropping the watches stops them.
+            return Err((
+                "sync",
+                format!(
+                    "the new manifest's watches did not deliver their initial lists within {}s (see the watch errors in the log)",
+                    self.sync_timeout.as_secs()
+                ),
+            ));
+        }
+        let executor = Executor::new(
+            target.client.clone(),
+            kinds,
+            manifest,
+            target.instance.clone(),
+            self.metrics.clone(),
+        );
+        Ok(Wiring { watches, executor })
+    }
+
+    async fn refused(&self, payload: &Payload, refusal: &Refusal, active: Option<&ActiveModule>) {
+        tracing::warn!(
+            reason = refusal.reason,
+            digest = %refusal.digest,
+            origin = %payload.origin,
+            "module rejected, the active module keeps serving: {}",
+            refusal.message
+        );
+        self.metrics.module_rejection(refusal.reason);
+        if let Some(active) = active {
+            active.rejected(ModuleRejection {
+                digest: refusal.digest.clone(),
+                reason: refusal.reason,
+                message: refusal.message.clone(),
+                origin: payload.origin.clone(),
+                at: SystemTime::now(),
+            });
+        }
+        let note = format!("module {} rejected ({}): {}", refusal.digest, refusal.reason, refusal.message);
+        self.event(payload, EventType::Warning, "ModuleRejected", &note).await;
+    }
+
+    /// An event on the payload's ConfigMap (file sources have none).
+    async fn event(&self, payload: &Payload, event_type: EventType, reason: &str, note: &str) {
+        let Some(reference) = &payload.reference else { return };
+        let event = Event {
+            type_: event_type,
+            reason: reason.to_owned(),
+            // The events API caps the note at 1 kB.
+            note: Some(note.chars().take(1000).collect()),
+            action: "HotSwap".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(
+                "cannot record the {reason} event on {}: {}",
+                describe(reference),
+                error_chain(&err)
+            );
+        }
+    }
+}
+
+fn activated_note(loaded: &LoadedModule) -> String {
+    let manifest = loaded.manifest();
+    format!("module {} {} ({}) is active", manifest.name, manifest.version, loaded.digest())
+}
+
+fn describe(reference: &ObjectReference) -> String {
+    format!(
+        "{} {}/{}",
+        reference.kind.as_deref().unwrap_or("object"),
+        reference.namespace.as_deref().unwrap_or_default(),
+        reference.name.as_deref().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reconcile_sdk::KindRef;
+
+    fn kind(kind: &str) -> KindRef {
+        KindRef {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            plural: format!("{}s", kind.to_lowercase()),
+            optional: false,
+            digest_only: false,
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            abi: 1,
+            name: "m".into(),
+            version: "1".into(),
+            primary: kind("Thing"),
+            related: vec![kind("ConfigMap")],
+            reads: vec![],
+            owner_label: "example.com/owner".into(),
+            field_manager: "m".into(),
+            finalizers: vec![],
+        }
+    }
+
+    #[test]
+    fn only_kind_and_writer_changes_need_new_watches() {
+        let old = manifest();
+        let mut same_kinds = old.clone();
+        same_kinds.version = "2".into();
+        same_kinds.name = "renamed".into();
+        same_kinds.finalizers = vec!["example.com/f".into()];
+        assert!(!needs_new_wiring(&old, &same_kinds));
+        let mut related = old.clone();
+        related.related.push(kind("Service"));
+        assert!(needs_new_wiring(&old, &related));
+        let mut reads = old.clone();
+        reads.reads.push(kind("Secret"));
+        assert!(needs_new_wiring(&old, &reads));
+        let mut label = old.clone();
+        label.owner_label = "example.com/other".into();
+        assert!(needs_new_wiring(&old, &label));
+    }
+
+    #[test]
+    fn load_errors_map_to_bounded_reasons() {
+        assert_eq!(load_reason(&LoadError::WrongAbi { found: 2 }), "abi");
+        assert_eq!(load_reason(&LoadError::Imports { imports: vec!["env::f (function)".into()] }), "imports");
+        assert_eq!(load_reason(&LoadError::Task("x".into())), "internal");
+    }
+}

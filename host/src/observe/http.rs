@@ -1,0 +1,95 @@
+//! The HTTP endpoints on `--http-addr`: `/metrics`, `/healthz`, `/readyz`, `/module`.
+//!
+//! - `/healthz` answers 200 while the process serves requests at all;
+//! - `/readyz` answers 200 once every watch has delivered its initial list (with
+//!   leader election, regardless of leadership: a follower is ready to take over),
+//!   503 before;
+//! - `/module` describes the active module as JSON (digest, name, version, loadedAt,
+//!   origin, manifest) and the last refused hot-swap candidate (`lastRejection`:
+//!   digest, reason, message, origin, at; `null` if none), read from the same holder
+//!   the reconciles use, so it shows a hot swap at once;
+//! - `/metrics` is the Prometheus text format.
+
+use super::metrics::Metrics;
+use crate::module::ActiveModule;
+use crate::snapshot::rfc3339;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use std::sync::Arc;
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct HttpState {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The active module.
+    pub active: Arc<ActiveModule>,
+    /// Whether the caches are synced.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// The router of the endpoints.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/module", get(module))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    if (state.ready)() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+    }
+}
+
+async fn module(State(state): State<HttpState>) -> Response {
+    let current = state.active.current();
+    let manifest = current.module.manifest();
+    let last_rejection = state.active.last_rejection().map(|r| {
+        serde_json::json!({
+            "digest": r.digest,
+            "reason": r.reason,
+            "message": r.message,
+            "origin": r.origin,
+            "at": rfc3339(r.at),
+        })
+    });
+    Json(serde_json::json!({
+        "digest": current.module.digest(),
+        "name": manifest.name,
+        "version": manifest.version,
+        "loadedAt": rfc3339(current.loaded_at),
+        "origin": current.origin,
+        "manifest": manifest,
+        "lastRejection": last_rejection,
+    }))
+    .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .await
+}

@@ -1,0 +1,285 @@
+//! The operator's Prometheus metrics, served as text on `/metrics`.
+//!
+//! Every counter is monotonic and labelled with a small, bounded set of values
+//! (results, action ops), never with object names, so cardinality stays constant
+//! whatever the cluster holds. `wasm_operator_writes_total` counts every mutating API
+//! request the executor issues, so an idle, converged operator shows it flat.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// Labels of a reconcile's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `success`, `error`, `rejected` or `conflict`.
+    pub result: String,
+}
+
+/// Labels of one executed action.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// The action's `op`.
+    pub op: String,
+    /// `success`, `error` or `rejected`.
+    pub result: String,
+}
+
+/// Labels of a rejected action.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// The action's `op` (or `requires`).
+    pub op: String,
+}
+
+/// Labels of the module info metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleLabels {
+    /// The manifest's name.
+    pub name: String,
+    /// The manifest's version.
+    pub version: String,
+    /// `sha256:<hex>` of the module.
+    pub digest: String,
+}
+
+/// Labels with a reason: the failed check of a refused hot-swap candidate, or the kind
+/// of a failed module call.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The failed check: `decode`, `compile`, `imports`, `exports`, `abi`, `manifest`,
+    /// `smoke`, `rights`, `discovery`, `sync`, ...
+    pub reason: String,
+}
+
+/// The operator's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by result.
+    pub reconciles: Family<ResultLabels, Counter>,
+    /// Reconcile duration, seconds, from the first snapshot to the last action.
+    pub reconcile_duration: Histogram,
+    /// Guest time of one `reconcile` call, seconds.
+    pub wasm_call_duration: Histogram,
+    /// Executed actions by op and result.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Actions (and requirements) rejected by confinement, by op.
+    pub rejected: Family<OpLabels, Counter>,
+    /// Mutating API requests issued, by op.
+    pub writes: Family<OpLabels, Counter>,
+    /// 1 for the active module.
+    pub module_info: Family<ModuleLabels, Gauge>,
+    /// When the active module became active, seconds since the epoch.
+    pub module_loaded: Gauge,
+    /// Whether this replica is the leader (1) or not (0).
+    pub leader: Gauge,
+    /// Hot-swap candidates refused, by the check that failed.
+    pub module_rejected: Family<ReasonLabels, Counter>,
+    /// Hot swaps done (a new module became active).
+    pub module_swaps: Counter,
+    /// Module calls that gave no outcome, by kind of failure (`deadline`, `memory`,
+    /// `trap`, `output`, `host`, `other`).
+    pub module_call_errors: Family<ReasonLabels, Counter>,
+    active: Mutex<Option<ModuleLabels>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under `wasm_operator_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wasm_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            reconcile_duration.clone(),
+        );
+        let wasm_call_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "wasm_call_duration_seconds",
+            "Guest time of one reconcile call into the module",
+            wasm_call_duration.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register("actions", "Executed actions by op and result", actions.clone());
+        let rejected = Family::<OpLabels, Counter>::default();
+        registry.register(
+            "actions_rejected",
+            "Actions and requirements rejected by confinement",
+            rejected.clone(),
+        );
+        let writes = Family::<OpLabels, Counter>::default();
+        registry.register("writes", "Mutating API requests issued", writes.clone());
+        let module_info = Family::<ModuleLabels, Gauge>::default();
+        registry.register("module_info", "The active module (value 1)", module_info.clone());
+        let module_loaded = Gauge::default();
+        registry.register(
+            "module_loaded_timestamp_seconds",
+            "When the active module became active",
+            module_loaded.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        let module_rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "module_rejected",
+            "Hot-swap candidates refused (the active module kept serving), by failed check",
+            module_rejected.clone(),
+        );
+        let module_swaps = Counter::default();
+        registry.register("module_swaps", "Hot swaps: a new module became active", module_swaps.clone());
+        let module_call_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "module_call_errors",
+            "Module calls that gave no outcome, by kind of failure",
+            module_call_errors.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            wasm_call_duration,
+            actions,
+            rejected,
+            writes,
+            module_info,
+            module_loaded,
+            leader,
+            module_rejected,
+            module_swaps,
+            module_call_errors,
+            active: Mutex::new(None),
+        }
+    }
+
+    /// Counts a module call that gave no outcome, by `reason`.
+    pub fn module_call_error(&self, reason: &str) {
+        self.module_call_errors.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    /// Records the active module (replacing the previous one's info).
+    pub fn set_module(&self, labels: ModuleLabels, loaded_at: SystemTime) {
+        let mut active = self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(previous) = active.take() {
+            self.module_info.remove(&previous);
+        }
+        self.module_info.get_or_create(&labels).set(1);
+        *active = Some(labels);
+        let seconds = loaded_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        self.module_loaded.set(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a refused hot-swap candidate.
+    pub fn module_rejection(&self, reason: &str) {
+        self.module_rejected.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
+    }
+
+    /// Refused hot-swap candidates with `reason` so far.
+    pub fn module_rejections(&self, reason: &str) -> u64 {
+        self.module_rejected.get_or_create(&ReasonLabels { reason: reason.to_owned() }).get()
+    }
+
+    /// Counts a reconcile.
+    pub fn reconciled(&self, result: &str, duration: Duration) {
+        self.reconciles.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
+        self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts an action.
+    pub fn action(&self, op: &str, result: &str) {
+        self.actions.get_or_create(&ActionLabels { op: op.to_owned(), result: result.to_owned() }).inc();
+    }
+
+    /// Counts a rejection.
+    pub fn rejection(&self, op: &str) {
+        self.rejected.get_or_create(&OpLabels { op: op.to_owned() }).inc();
+    }
+
+    /// Counts a write request.
+    pub fn write(&self, op: &str) {
+        self.writes.get_or_create(&OpLabels { op: op.to_owned() }).inc();
+    }
+
+    /// Total write requests so far, all ops.
+    pub fn writes_total(&self) -> u64 {
+        let mut total = 0;
+        for op in ["apply", "addFinalizer", "removeFinalizer", "orphan", "patchStatus", "delete", "event"] {
+            total += self.writes.get_or_create(&OpLabels { op: op.to_owned() }).get();
+        }
+        total
+    }
+
+    /// Total rejections so far, all ops.
+    pub fn rejections_total(&self) -> u64 {
+        let mut total = 0;
+        for op in [
+            "apply",
+            "addFinalizer",
+            "removeFinalizer",
+            "orphan",
+            "patchStatus",
+            "delete",
+            "event",
+            "requires",
+        ] {
+            total += self.rejected.get_or_create(&OpLabels { op: op.to_owned() }).get();
+        }
+        total
+    }
+
+    /// The registry for more metrics (e.g. the runtime's).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode_with_prefix_and_module_info_is_replaced() {
+        let metrics = Metrics::new();
+        metrics.reconciled("success", Duration::from_millis(3));
+        metrics.action("apply", "success");
+        metrics.write("apply");
+        metrics.rejection("delete");
+        metrics.module_rejection("abi");
+        let labels =
+            |v: &str| ModuleLabels { name: "m".into(), version: v.into(), digest: "sha256:ab".into() };
+        metrics.set_module(labels("1"), SystemTime::UNIX_EPOCH);
+        metrics.set_module(labels("2"), SystemTime::UNIX_EPOCH + Duration::from_secs(5));
+        let text = metrics.encode();
+        assert!(text.contains("wasm_operator_reconciles_total{result=\"success\"} 1"), "{text}");
+        assert!(text.contains("wasm_operator_writes_total{op=\"apply\"} 1"), "{text}");
+        assert!(text.contains("wasm_operator_actions_rejected_total{op=\"delete\"} 1"), "{text}");
+        assert!(text.contains("version=\"2\""), "{text}");
+        assert!(!text.contains("version=\"1\""), "{text}");
+        assert!(text.contains("wasm_operator_module_loaded_timestamp_seconds 5"), "{text}");
+        assert!(text.contains("wasm_operator_module_rejected_total{reason=\"abi\"} 1"), "{text}");
+        assert_eq!(metrics.module_rejections("abi"), 1);
+        assert_eq!(metrics.writes_total(), 1);
+        assert_eq!(metrics.rejections_total(), 1);
+    }
+}

@@ -1,0 +1,361 @@
+//! The work queue between the watches and the controller's workers: which primaries
+//! to reconcile, when, and why.
+//!
+//! Guarantees:
+//! - a key is handed out at most once at a time: a key triggered while it is being
+//!   reconciled is marked dirty and handed out again once [`WorkQueue::done`] is
+//!   called, so no change is lost and no primary is reconciled twice at once;
+//! - a key waiting to run is queued once, however often it is triggered;
+//! - a delayed key ([`WorkQueue::enqueue_after`]) keeps its earliest deadline, and an
+//!   immediate trigger supersedes it;
+//! - keys run in the order they became ready;
+//! - each run is handed out with its [`Cause`]: the first trigger of the run, or the
+//!   immediate trigger that superseded a delay.
+//!
+//! Concurrency across keys is the caller's: each worker takes one key at a time.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Why a key was enqueued; the reconcile's span carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// A watch event on the primary itself.
+    Primary,
+    /// A watch event on an object of this related kind that claims the primary.
+    Related(Arc<str>),
+    /// A watch event on an object of this kind that the primary required.
+    Required(Arc<str>),
+    /// The module asked to be called again later, or an unwatched requirement is polled.
+    Requeue,
+    /// A retry after a failure or a rejection, with backoff.
+    Retry,
+    /// The caches were not synced yet when the key came up.
+    CacheSync,
+    /// A hot swap: every primary runs once with the new module.
+    Swap,
+    /// Leadership was taken, or an optional kind appeared: every primary runs once.
+    Resync,
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Primary => f.write_str("primary changed"),
+            Cause::Related(kind) => write!(f, "related {kind} changed"),
+            Cause::Required(kind) => write!(f, "required {kind} changed"),
+            Cause::Requeue => f.write_str("requeue"),
+            Cause::Retry => f.write_str("retry"),
+            Cause::CacheSync => f.write_str("waiting for the caches"),
+            Cause::Swap => f.write_str("module swapped"),
+            Cause::Resync => f.write_str("resync"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State<K> {
+    ready: VecDeque<K>,
+    queued: HashSet<K>,
+    // The cause of each key's next immediate run (queued, or dirty while in flight).
+    causes: HashMap<K, Cause>,
+    delayed: HashMap<K, (Instant, u64, Cause)>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    by_seq: HashMap<u64, K>,
+    seq: u64,
+    in_flight: HashSet<K>,
+    dirty: HashSet<K>,
+}
+
+/// A deduplicating, delaying work queue of keys.
+#[derive(Debug)]
+pub struct WorkQueue<K> {
+    state: Mutex<State<K>>,
+    notify: Notify,
+}
+
+impl<K: Clone + Eq + Hash> Default for WorkQueue<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Clone + Eq + Hash> WorkQueue<K> {
+    /// An empty queue.
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State {
+                ready: VecDeque::new(),
+                queued: HashSet::new(),
+                causes: HashMap::new(),
+                delayed: HashMap::new(),
+                deadlines: BTreeSet::new(),
+                by_seq: HashMap::new(),
+                seq: 0,
+                in_flight: HashSet::new(),
+                dirty: HashSet::new(),
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K>> {
+        // The state stays consistent even if a holder panicked: every method finishes
+        // its updates before it could panic.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reconcile `key` as soon as possible, because of `cause`.
+    pub fn enqueue(&self, key: K, cause: Cause) {
+        let mut state = self.lock();
+        Self::make_ready(&mut state, key, cause);
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// Reconcile `key` after `delay`, because of `cause`, unless it is due earlier
+    /// anyway. A delay too large to represent is capped at about a year.
+    pub fn enqueue_after(&self, key: K, delay: Duration, cause: Cause) {
+        if delay.is_zero() {
+            return self.enqueue(key, cause);
+        }
+        let now = Instant::now();
+        let at = now.checked_add(delay).unwrap_or_else(|| now + FAR_FUTURE);
+        let mut state = self.lock();
+        if state.queued.contains(&key) {
+            return;
+        }
+        if let Some(&(existing, _, _)) = state.delayed.get(&key) {
+            if existing <= at {
+                return;
+            }
+            Self::undelay(&mut state, &key);
+        }
+        state.seq += 1;
+        let seq = state.seq;
+        state.deadlines.insert((at, seq));
+        state.by_seq.insert(seq, key.clone());
+        state.delayed.insert(key, (at, seq, cause));
+        drop(state);
+        // A worker may be sleeping until a later deadline.
+        self.notify.notify_one();
+    }
+
+    /// Drops `key`'s delayed run; returns its cause if it had one.
+    fn undelay(state: &mut State<K>, key: &K) -> Option<Cause> {
+        let (at, seq, cause) = state.delayed.remove(key)?;
+        state.deadlines.remove(&(at, seq));
+        state.by_seq.remove(&seq);
+        Some(cause)
+    }
+
+    fn make_ready(state: &mut State<K>, key: K, cause: Cause) {
+        Self::undelay(state, &key);
+        if state.in_flight.contains(&key) {
+            state.causes.entry(key.clone()).or_insert(cause);
+            state.dirty.insert(key);
+        } else if state.queued.insert(key.clone()) {
+            state.causes.insert(key.clone(), cause);
+            state.ready.push_back(key);
+        }
+    }
+
+    fn promote_due(state: &mut State<K>, now: Instant) -> Option<Instant> {
+        while let Some(&(at, seq)) = state.deadlines.first() {
+            if at > now {
+                return Some(at);
+            }
+            state.deadlines.remove(&(at, seq));
+            if let Some(key) = state.by_seq.remove(&seq)
+                && let Some((_, _, cause)) = state.delayed.remove(&key)
+            {
+                Self::make_ready(state, key, cause);
+            }
+        }
+        None
+    }
+
+    /// Waits for the next key to reconcile, with why it was enqueued, and marks it in
+    /// flight; the caller must call [`WorkQueue::done`] with it afterwards.
+    pub async fn next(&self) -> (K, Cause) {
+        loop {
+            // Registered before looking, so a trigger between the look and the wait
+            // is not missed.
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_deadline = {
+                let mut state = self.lock();
+                let next_deadline = Self::promote_due(&mut state, Instant::now());
+                if let Some(key) = state.ready.pop_front() {
+                    state.queued.remove(&key);
+                    state.in_flight.insert(key.clone());
+                    let cause = state.causes.remove(&key).unwrap_or(Cause::Requeue);
+                    let more = !state.ready.is_empty();
+                    drop(state);
+                    if more {
+                        // Pass the baton: another worker may take the next key.
+                        self.notify.notify_one();
+                    }
+                    return (key, cause);
+                }
+                next_deadline
+            };
+            match next_deadline {
+                Some(at) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Marks `key` as no longer in flight; if it was triggered meanwhile it is queued
+    /// again at once.
+    pub fn done(&self, key: &K) {
+        let mut state = self.lock();
+        state.in_flight.remove(key);
+        if state.dirty.remove(key) {
+            let cause = state.causes.remove(key).unwrap_or(Cause::Requeue);
+            Self::make_ready(&mut state, key.clone(), cause);
+            drop(state);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Forgets any pending or delayed run of `key` (e.g. the primary was deleted).
+    pub fn forget(&self, key: &K) {
+        let mut state = self.lock();
+        Self::undelay(&mut state, key);
+        state.dirty.remove(key);
+        state.causes.remove(key);
+        if state.queued.remove(key) {
+            state.ready.retain(|k| k != key);
+        }
+    }
+
+    /// How many keys are waiting to run now (not delayed, not in flight).
+    pub fn ready_len(&self) -> usize {
+        self.lock().ready.len()
+    }
+}
+
+/// Where a delay that `Instant` cannot represent is capped.
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    async fn next_now(queue: &WorkQueue<&'static str>) -> Option<&'static str> {
+        tokio::time::timeout(Duration::from_millis(1), queue.next()).await.ok().map(|(key, _)| key)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_are_deduplicated_and_ordered() {
+        let queue = WorkQueue::new();
+        queue.enqueue("a", Cause::Primary);
+        queue.enqueue("b", Cause::Primary);
+        queue.enqueue("a", Cause::Primary);
+        assert_eq!(queue.ready_len(), 2);
+        assert_eq!(next_now(&queue).await, Some("a"));
+        assert_eq!(next_now(&queue).await, Some("b"));
+        assert_eq!(next_now(&queue).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_in_flight_is_not_handed_out_twice_but_runs_again_after() {
+        let queue = WorkQueue::new();
+        queue.enqueue("a", Cause::Primary);
+        assert_eq!(next_now(&queue).await, Some("a"));
+        queue.enqueue("a", Cause::Primary);
+        queue.enqueue("a", Cause::Primary);
+        assert_eq!(next_now(&queue).await, None, "a is still in flight");
+        queue.done(&"a");
+        assert_eq!(next_now(&queue).await, Some("a"));
+        queue.done(&"a");
+        assert_eq!(next_now(&queue).await, None, "one rerun for any number of triggers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_keys_wait_keep_the_earliest_deadline_and_yield_to_triggers() {
+        let queue = Arc::new(WorkQueue::new());
+        queue.enqueue_after("a", Duration::from_secs(10), Cause::Requeue);
+        queue.enqueue_after("a", Duration::from_secs(30), Cause::Requeue);
+        queue.enqueue_after("b", Duration::from_secs(20), Cause::Requeue);
+        assert_eq!(next_now(&queue).await, None);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(next_now(&queue).await, Some("a"));
+        queue.done(&"a");
+        assert_eq!(next_now(&queue).await, None);
+        // A trigger runs b now and cancels its delayed run.
+        queue.enqueue("b", Cause::Primary);
+        assert_eq!(next_now(&queue).await, Some("b"));
+        queue.done(&"b");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(next_now(&queue).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_worker_wakes_for_a_delayed_key() {
+        let queue = Arc::new(WorkQueue::new());
+        let worker = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.next().await.0 }
+        });
+        tokio::task::yield_now().await;
+        queue.enqueue_after("a", Duration::from_secs(5), Cause::Requeue);
+        assert_eq!(worker.await.ok(), Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forget_drops_pending_and_delayed_runs() {
+        let queue = WorkQueue::new();
+        queue.enqueue("a", Cause::Primary);
+        queue.enqueue_after("b", Duration::from_secs(1), Cause::Requeue);
+        queue.forget(&"a");
+        queue.forget(&"b");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(next_now(&queue).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_run_carries_the_cause_of_its_first_trigger() {
+        let queue = WorkQueue::new();
+        let kind: Arc<str> = Arc::from("ConfigMap");
+        queue.enqueue("a", Cause::Related(kind.clone()));
+        queue.enqueue("a", Cause::Primary);
+        assert_eq!(queue.next().await, ("a", Cause::Related(kind)));
+        // Dirty while in flight: the rerun carries the first trigger since.
+        queue.enqueue("a", Cause::Swap);
+        queue.enqueue("a", Cause::Primary);
+        queue.done(&"a");
+        assert_eq!(queue.next().await, ("a", Cause::Swap));
+        queue.done(&"a");
+        // A delayed run keeps its cause; an immediate trigger supersedes it and its cause.
+        queue.enqueue_after("b", Duration::from_secs(5), Cause::Retry);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(queue.next().await, ("b", Cause::Retry));
+        queue.done(&"b");
+        queue.enqueue_after("b", Duration::from_secs(5), Cause::Retry);
+        queue.enqueue("b", Cause::Primary);
+        assert_eq!(queue.next().await, ("b", Cause::Primary));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_too_large_for_the_clock_does_not_panic() {
+        let queue = WorkQueue::new();
+        queue.enqueue_after("a", Duration::from_secs(u64::MAX), Cause::Requeue);
+        assert_eq!(next_now(&queue).await, None);
+        queue.enqueue("a", Cause::Primary);
+        assert_eq!(next_now(&queue).await, Some("a"));
+    }
+}
