@@ -58,5 +58,5 @@ pub use lifecycle::{
 pub use module::{ActiveModule, LoadedModuleInfo, Module, ModuleCallError, ModuleRejection, WasmModule};
 pub use observe::{Metrics, ModuleLabels, OpLabels, ResultLabels};
 pub use operator::{OperatorConfig, RunningOperator, StartError, start_from_source};
-pub use policy::Rejection;
+pub use policy::{OutcomeLimits, OutcomeTooLarge, Rejection};
 pub use queue::Cause;

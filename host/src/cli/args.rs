@@ -2,6 +2,7 @@
 //! configuration types. Nothing outside `cli/` sees these structs.
 
 use crate::lifecycle::ConfigMapSource;
+use crate::policy::OutcomeLimits;
 use crate::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
 use clap::Args;
 use std::net::SocketAddr;
@@ -101,6 +102,40 @@ pub struct RunArgs {
     /// Limits of the module sandbox.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Caps on what one outcome may hold.
+    #[command(flatten)]
+    pub outcome: OutcomeArgs,
+}
+
+/// What one outcome may hold; an outcome over a cap is a module failure, reported and
+/// retried with backoff, and none of its actions runs.
+#[derive(Debug, Clone, Args)]
+pub struct OutcomeArgs {
+    /// Most actions in one outcome.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_actions: usize,
+    /// Most `event` actions in one outcome.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_events: usize,
+    /// Most entries of one outcome's `requires`.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_requires: usize,
+    /// Largest applied object or status, as JSON, in KiB (the API server's own limit
+    /// is about 1.5 MiB a request).
+    #[arg(long, default_value_t = 512, value_name = "KIB")]
+    pub max_object_kib: usize,
+}
+
+impl OutcomeArgs {
+    /// The caps these flags describe.
+    pub fn limits(&self) -> OutcomeLimits {
+        OutcomeLimits {
+            actions: self.max_actions,
+            events: self.max_events,
+            requires: self.max_requires,
+            object_bytes: self.max_object_kib.saturating_mul(1024),
+        }
+    }
 }
 
 /// `wasm-operator reconcile`.
@@ -213,6 +248,16 @@ mod tests {
         assert_eq!(config.limits, SandboxLimits::default());
         assert!(config.limits.validate().is_ok());
         assert_eq!(config.max_instances, 12);
+    }
+
+    #[test]
+    fn outcome_caps_default_to_the_library_defaults() {
+        #[derive(Debug, Parser)]
+        struct Outcome {
+            #[command(flatten)]
+            outcome: OutcomeArgs,
+        }
+        assert_eq!(Outcome::parse_from(["test"]).outcome.limits(), OutcomeLimits::default());
     }
 
     #[test]

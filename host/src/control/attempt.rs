@@ -21,8 +21,9 @@ use crate::cluster::{KindKey, ObjectKey, PrimaryTarget, index::RequirementTarget
 use crate::error_chain;
 use crate::execute::{ActionError, apply_target};
 use crate::module::LoadedModuleInfo;
-use crate::policy::Rejection;
 use crate::policy::confine::{PrimaryRef, check_action};
+use crate::policy::outcome::check_outcome;
+use crate::policy::{OutcomeTooLarge, Rejection};
 use crate::snapshot;
 use kube::api::{Api, DynamicObject};
 use reconcile_sdk::{Action, Manifest, Outcome, RequiredObject, Requirement};
@@ -36,6 +37,19 @@ pub const CONFLICT_RETRIES: usize = 3;
 /// How often a primary is reconciled again while it requires an object that no watch
 /// sees (see [`requires_unwatched`]).
 pub const UNWATCHED_REQUIREMENT_POLL: Duration = Duration::from_secs(15);
+
+/// The shortest `requeueAfterSeconds` the host honours: a module asking for 0 is
+/// looked at again after this, not in a loop.
+pub const MIN_REQUEUE: Duration = Duration::from_secs(1);
+
+/// The longest `requeueAfterSeconds` the host honours (a day): any larger number, up
+/// to `u64::MAX`, means this.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(24 * 3600);
+
+/// A module's `requeueAfterSeconds` within [`MIN_REQUEUE`] and [`MAX_REQUEUE`].
+pub fn clamp_requeue(seconds: u64) -> Duration {
+    Duration::from_secs(seconds).clamp(MIN_REQUEUE, MAX_REQUEUE)
+}
 
 /// An attempt whose final outcome's actions all ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +70,8 @@ pub enum Stop {
     Undecided(Box<DecideError>),
     /// The primary could not be re-read after a conflict.
     Reread(Box<kube::Error>),
+    /// The outcome is over one of the caps on what an outcome may hold.
+    TooLarge(OutcomeTooLarge),
     /// The module answered with an `error` outcome.
     ModuleError {
         /// Its message.
@@ -77,8 +93,6 @@ pub enum Stop {
     ActionFailed {
         /// Why.
         error: Box<ActionError>,
-        /// When the module asked to look again: the retry is never later.
-        requeue: Option<Duration>,
     },
     /// Guarded patches kept conflicting.
     Conflicts,
@@ -93,6 +107,7 @@ impl Stop {
             Stop::Undecided(err) => error_chain(err.as_ref()),
             Stop::Reread(err) => format!("cannot re-read the primary: {}", error_chain(err.as_ref())),
             Stop::ModuleError { message, .. } => format!("module error: {message}"),
+            Stop::TooLarge(err) => format!("outcome refused: {}", error_chain(err)),
             Stop::Rejected { op, rejection, .. } => {
                 format!("rejected {op}: {}", error_chain(rejection.as_ref()))
             }
@@ -181,6 +196,7 @@ impl<'a> Attempt<'a> {
 
     /// The outcome's batch; an `error` outcome stops the attempt.
     fn batch(&self, decision: &mut Decision) -> Result<Batch, Stop> {
+        check_outcome(&decision.outcome, self.controller.outcome_limits()).map_err(Stop::TooLarge)?;
         let taken =
             Outcome::Actions { actions: Vec::new(), requires: Vec::new(), requeue_after_seconds: None };
         let (actions, requires, requeue) = match std::mem::replace(&mut decision.outcome, taken) {
@@ -188,7 +204,7 @@ impl<'a> Attempt<'a> {
                 return Err(Stop::ModuleError { message: err.message, retryable: err.retryable });
             }
             Outcome::Actions { actions, requires, requeue_after_seconds } => {
-                (actions, requires, requeue_after_seconds.map(Duration::from_secs))
+                (actions, requires, requeue_after_seconds.map(clamp_requeue))
             }
         };
         // A required object no watch sees (see `requires_unwatched`) is polled.
@@ -246,7 +262,7 @@ impl<'a> Attempt<'a> {
             if let Err(error) =
                 self.wiring.executor.check_apply_target(&kind, name, self.manifest(), primary).await
             {
-                return Err(self.action_stop(action.op(), error, batch.requeue, primary));
+                return Err(self.action_stop(action.op(), error, primary));
             }
         }
         Ok(())
@@ -264,6 +280,12 @@ impl<'a> Attempt<'a> {
                         *primary = fresh;
                     }
                 }
+                // Events are best effort: a refused one (a namespace being deleted, say)
+                // must not keep a finalizer from being removed after it.
+                Err(error) if matches!(action, Action::Event { .. }) => {
+                    metrics.action(action.op(), "error");
+                    tracing::warn!("cannot record the module's event: {}", error_chain(&error));
+                }
                 Err(ActionError::Conflict { message, .. }) => {
                     metrics.action(action.op(), "conflict");
                     tracing::info!(
@@ -272,7 +294,7 @@ impl<'a> Attempt<'a> {
                     );
                     return Ok(false);
                 }
-                Err(error) => return Err(self.action_stop(action.op(), error, batch.requeue, primary)),
+                Err(error) => return Err(self.action_stop(action.op(), error, primary)),
             }
         }
         Ok(true)
@@ -280,13 +302,7 @@ impl<'a> Attempt<'a> {
 
     /// A failed action as the stop it is: a rejection found by a fresh read is a
     /// rejection like any other; anything else fails the batch.
-    fn action_stop(
-        &self,
-        op: &'static str,
-        error: ActionError,
-        requeue: Option<Duration>,
-        primary: &PrimaryTarget,
-    ) -> Stop {
+    fn action_stop(&self, op: &'static str, error: ActionError, primary: &PrimaryTarget) -> Stop {
         match error {
             ActionError::Rejected(rejection) => {
                 self.controller.metrics().action(op, "rejected");
@@ -294,7 +310,7 @@ impl<'a> Attempt<'a> {
             }
             error => {
                 self.controller.metrics().action(op, "error");
-                Stop::ActionFailed { error: Box::new(error), requeue }
+                Stop::ActionFailed { error: Box::new(error) }
             }
         }
     }
@@ -331,4 +347,17 @@ fn requires_unwatched(required: &[RequiredObject], manifest: &Manifest) -> bool 
             .is_some();
         is(&manifest.related) && !is(&manifest.reads) && !labelled
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeues_are_clamped_to_a_second_and_a_day() {
+        assert_eq!(clamp_requeue(0), MIN_REQUEUE);
+        assert_eq!(clamp_requeue(30), Duration::from_secs(30));
+        assert_eq!(clamp_requeue(86_401), MAX_REQUEUE);
+        assert_eq!(clamp_requeue(u64::MAX), MAX_REQUEUE);
+    }
 }

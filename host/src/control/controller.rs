@@ -22,11 +22,14 @@ use crate::error_chain;
 use crate::execute::Executor;
 use crate::module::ActiveModule;
 use crate::observe::Metrics;
+use crate::policy::OutcomeLimits;
 use crate::queue::{Cause, WorkQueue};
 use arc_swap::ArcSwap;
+use futures::FutureExt as _;
 use kube::Client;
 use kube::runtime::events::EventType as KubeEventType;
 use reconcile_sdk::LastFailure;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -98,6 +101,7 @@ pub struct Controller {
     queue: Arc<WorkQueue<ObjectKey>>,
     failures: Mutex<Failures<ObjectKey>>,
     metrics: Arc<Metrics>,
+    outcome_limits: OutcomeLimits,
     clock: fn() -> SystemTime,
 }
 
@@ -116,6 +120,7 @@ impl Controller {
         queue: Arc<WorkQueue<ObjectKey>>,
         metrics: Arc<Metrics>,
         backoff: Backoff,
+        outcome_limits: OutcomeLimits,
     ) -> Self {
         Self {
             client,
@@ -124,6 +129,7 @@ impl Controller {
             queue,
             failures: Mutex::new(Failures::new(backoff)),
             metrics,
+            outcome_limits,
             clock: SystemTime::now,
         }
     }
@@ -157,6 +163,11 @@ impl Controller {
     /// The metrics reconciles record into.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The caps on one outcome.
+    pub fn outcome_limits(&self) -> &OutcomeLimits {
+        &self.outcome_limits
     }
 
     /// The host's clock now.
@@ -233,7 +244,13 @@ impl Controller {
             }
             let span = tracing::info_span!("reconcile", namespace = %key.namespace, name = %key.name, %cause);
             let started = tokio::time::Instant::now();
-            let verdict = self.reconcile(&key).instrument(span.clone()).await;
+            // A panic in one reconcile (a host bug, or a module double that panics)
+            // must not kill the worker and leave its key in flight for good.
+            let verdict =
+                match AssertUnwindSafe(self.reconcile(&key).instrument(span.clone())).catch_unwind().await {
+                    Ok(verdict) => verdict,
+                    Err(panic) => self.panicked(&key, panic.as_ref()),
+                };
             self.metrics.reconciled(verdict.label(), started.elapsed());
             let _entered = span.enter();
             match &verdict {
@@ -299,18 +316,28 @@ impl Controller {
                 let retry = self.failures().failed(key, message.clone());
                 Verdict::Rejected { message, retry }
             }
-            // A failed action is retried with backoff, but never later than the module
-            // asked to look again (a module retrying a cleanup every 5 s is retried
-            // every 5 s at most, however long it has been failing).
-            Stop::ActionFailed { requeue, .. } => {
-                let delay = self.failures().failed(key, message.clone());
-                let delay = requeue.map_or(delay, |asked| delay.min(asked));
-                Verdict::Failed { message, retry: Some(delay) }
-            }
             Stop::NoUid => self.fail(key, message, false),
             Stop::ModuleError { retryable, .. } => self.fail(key, message, retryable),
-            Stop::Undecided(_) | Stop::Reread(_) | Stop::Conflicts => self.fail(key, message, true),
+            // A failed action is retried with backoff, never sooner, whatever the
+            // module asked: `requeueAfterSeconds: 0` must not make a retry loop.
+            Stop::ActionFailed { .. }
+            | Stop::TooLarge(_)
+            | Stop::Undecided(_)
+            | Stop::Reread(_)
+            | Stop::Conflicts => self.fail(key, message, true),
         }
+    }
+
+    /// A reconcile that panicked: counted, logged, and retried with backoff.
+    fn panicked(&self, key: &ObjectKey, panic: &(dyn std::any::Any + Send)) -> Verdict {
+        self.metrics.reconcile_panics.inc();
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        tracing::error!(namespace = %key.namespace, name = %key.name, "the reconcile panicked: {what}");
+        self.fail(key, format!("the reconcile panicked: {what}"), true)
     }
 
     fn fail(&self, key: &ObjectKey, message: String, retry: bool) -> Verdict {

@@ -407,12 +407,10 @@ impl Executor {
             resource_version: primary.object.metadata.resource_version.clone(),
             field_path: None,
         };
-        // The events API caps the note at 1 kB.
-        let note: String = message.chars().take(1000).collect();
         let event = Event {
             type_: event_type,
             reason: reason.to_owned(),
-            note: Some(note),
+            note: Some(event_note(message).to_owned()),
             action: action.to_owned(),
             secondary: None,
         };
@@ -423,6 +421,21 @@ impl Executor {
             source,
         })
     }
+}
+
+/// The most bytes of an event's note: the events API refuses a longer one.
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_NOTE_BYTES`] bytes, on a character boundary.
+pub fn event_note(message: &str) -> &str {
+    if message.len() <= MAX_NOTE_BYTES {
+        return message;
+    }
+    let mut end = MAX_NOTE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 /// A JSON merge patch that turns `current` into exactly `desired`: keys of `current`
@@ -453,6 +466,19 @@ pub fn replacing_merge_patch(current: &Value, desired: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_are_cut_by_bytes_on_a_character_boundary() {
+        assert_eq!(event_note("short"), "short");
+        let ascii = "a".repeat(2000);
+        assert_eq!(event_note(&ascii).len(), MAX_NOTE_BYTES);
+        // 'é' is two bytes and '€' three: 1024 is inside a character for both.
+        for text in ["é".repeat(1000), format!("a{}", "€".repeat(700))] {
+            let note = event_note(&text);
+            assert!(note.len() <= MAX_NOTE_BYTES && note.len() > MAX_NOTE_BYTES - 4, "{}", note.len());
+            assert!(text.starts_with(note));
+        }
+    }
 
     #[test]
     fn merge_patch_replaces_the_whole_status() {

@@ -444,8 +444,7 @@ impl Swapper {
         let event = Event {
             type_: event_type,
             reason: reason.to_owned(),
-            // The events API caps the note at 1 kB.
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(crate::execute::event_note(note).to_owned()),
             action: "HotSwap".to_owned(),
             secondary: None,
         };

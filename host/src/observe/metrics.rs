@@ -83,6 +83,8 @@ pub struct Metrics {
     pub module_rejected: Family<ReasonLabels, Counter>,
     /// Hot swaps done (a new module became active).
     pub module_swaps: Counter,
+    /// Reconciles that panicked (caught; the key is retried with backoff).
+    pub reconcile_panics: Counter,
     /// Module calls that gave no outcome, by kind of failure (`deadline`, `memory`,
     /// `trap`, `output`, `host`, `other`).
     pub module_call_errors: Family<ReasonLabels, Counter>,
@@ -141,6 +143,12 @@ impl Metrics {
         );
         let module_swaps = Counter::default();
         registry.register("module_swaps", "Hot swaps: a new module became active", module_swaps.clone());
+        let reconcile_panics = Counter::default();
+        registry.register(
+            "reconcile_panics",
+            "Reconciles that panicked; the worker lives on and the key is retried",
+            reconcile_panics.clone(),
+        );
         let module_call_errors = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "module_call_errors",
@@ -160,6 +168,7 @@ impl Metrics {
             leader,
             module_rejected,
             module_swaps,
+            reconcile_panics,
             module_call_errors,
             active: Mutex::new(None),
         }

@@ -17,6 +17,7 @@ use crate::execute::Executor;
 use crate::lifecycle::{LoadFileError, ModuleSource, SourceState, Swapper, load_file, swap::SwapTarget};
 use crate::module::{ActiveModule, Module, WasmModule};
 use crate::observe::{HttpState, Metrics, ModuleLabels, http};
+use crate::policy::OutcomeLimits;
 use crate::queue::WorkQueue;
 use crate::runtime::{EngineError, ModuleCaller, SandboxConfig, SandboxEngine};
 use kube::Client;
@@ -40,6 +41,8 @@ pub struct OperatorConfig {
     pub backoff: Backoff,
     /// The events' reportingInstance.
     pub instance: Option<String>,
+    /// The caps on what one outcome may hold.
+    pub outcome_limits: OutcomeLimits,
 }
 
 /// Why the operator could not start.
@@ -196,6 +199,7 @@ impl RunningOperator {
             queue,
             metrics.clone(),
             config.backoff,
+            config.outcome_limits,
         ));
         let (shutdown, shutdown_rx) = channel::channel(false);
         let (http_addr, http_task) = match config.http_addr {

@@ -92,6 +92,14 @@ pub enum Rejection {
         /// The finalizer.
         finalizer: String,
     },
+    /// An event whose reason the events API would refuse.
+    #[error(
+        "event with reason {reason:?}: a reason is one CamelCase word of at most {MAX_REASON_BYTES} bytes"
+    )]
+    BadEventReason {
+        /// The reason given.
+        reason: String,
+    },
     /// A requirement of a kind neither in `reads` nor in `related`.
     #[error("requires {kind} {name:?}: the kind is in neither the manifest's reads nor its related kinds")]
     UnlistedRequirement {
@@ -132,9 +140,24 @@ pub fn check_action(
                 Err(Rejection::NotAssociated { op: action.op(), kind, name: name.clone() })
             }
         }
-        // Both only ever touch the primary itself.
+        // Both only ever touch the primary itself; an event's reason must be one the
+        // events API takes, or its write fails (422) and says nothing.
+        Action::Event { reason, .. } if !is_event_reason(reason) => {
+            Err(Rejection::BadEventReason { reason: reason.chars().take(MAX_REASON_BYTES).collect() })
+        }
         Action::PatchStatus { .. } | Action::Event { .. } => Ok(()),
     }
+}
+
+/// The longest event reason: the events API's limit.
+pub const MAX_REASON_BYTES: usize = 128;
+
+/// Whether `reason` is a CamelCase word (`[A-Z][A-Za-z0-9]*`) of at most
+/// [`MAX_REASON_BYTES`] bytes, as Kubernetes' own reasons are.
+fn is_event_reason(reason: &str) -> bool {
+    reason.len() <= MAX_REASON_BYTES
+        && reason.starts_with(|c: char| c.is_ascii_uppercase())
+        && reason.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn check_apply(object: &Value, manifest: &Manifest, primary: PrimaryRef<'_>) -> Result<(), Rejection> {
@@ -379,5 +402,25 @@ mod tests {
             check_requirement(&req("v1", "ServiceAccount"), &manifest()),
             Err(Rejection::UnlistedRequirement { .. })
         ));
+    }
+
+    #[test]
+    fn event_reasons_are_camel_case_words_the_events_api_takes() {
+        let manifest = manifest();
+        let key = ObjectKey::new("ns", "p");
+        let primary = PrimaryRef { key: &key, uid: "uid" };
+        let event = |reason: &str| Action::Event {
+            event_type: EventType::Normal,
+            reason: reason.into(),
+            message: "m".into(),
+        };
+        for good in ["Ready", "CleanupTimeout", "Step2Done", &"A".repeat(MAX_REASON_BYTES)] {
+            assert_eq!(check_action(&event(good), &manifest, primary, &HashSet::new()), Ok(()), "{good}");
+        }
+        for bad in ["", "ready", "Two words", "Dotted.Reason", "Ünicode", &"A".repeat(MAX_REASON_BYTES + 1)]
+        {
+            let err = check_action(&event(bad), &manifest, primary, &HashSet::new()).expect_err(bad);
+            assert!(matches!(err, Rejection::BadEventReason { .. }), "{bad}: {err}");
+        }
     }
 }

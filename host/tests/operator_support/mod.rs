@@ -139,6 +139,7 @@ pub async fn start_operator(
         leader: None,
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("test".into()),
+        outcome_limits: Default::default(),
     };
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
