@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 
 use crate::api::{DittoServerSpec, DittoServerStatus};
 use crate::error::ReconcileError;
-use crate::hash::{ConfigHasher, ObjectHasher};
+use crate::hash::ConfigHasher;
 use crate::input::{self, Input};
 use crate::meta::{Primary, StatefulSetState};
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
@@ -89,7 +89,6 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     let owner = Owner::from(&primary);
     let name = primary.name;
     let observed = &snapshot.related;
-    let mut hasher = ObjectHasher::new();
     let mut actions = Vec::new();
 
     let cluster = observed.find(PERCONA_API_VERSION, PERCONA_KIND, &names::percona_cluster(name));
@@ -113,7 +112,6 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     apply_if_changed(
         configmap::build(&owner, config_yaml),
         observed.find("v1", "ConfigMap", &names::config_map(name)),
-        &mut hasher,
         &mut actions,
     )?;
 
@@ -122,16 +120,11 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
         [services::headless(&owner, &spec), services::file(&owner, &spec), services::api(&owner, &spec)]
     {
         let observed = service(&desired.metadata.name);
-        apply_if_changed(desired, observed, &mut hasher, &mut actions)?;
+        apply_if_changed(desired, observed, &mut actions)?;
     }
     let metrics_name = names::metrics_service(name);
     if spec.metrics.enabled {
-        apply_if_changed(
-            services::metrics(&owner, &spec),
-            service(&metrics_name),
-            &mut hasher,
-            &mut actions,
-        )?;
+        apply_if_changed(services::metrics(&owner, &spec), service(&metrics_name), &mut actions)?;
     } else if service(&metrics_name).is_some() {
         actions.push(Action::Delete {
             api_version: "v1".into(),
@@ -155,7 +148,6 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
         statefulset_applied = apply_if_changed(
             statefulset::build(&owner, &spec, &config_hash, &claims),
             observed_sts,
-            &mut hasher,
             &mut actions,
         )?;
     }

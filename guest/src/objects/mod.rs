@@ -15,7 +15,7 @@ pub mod statefulset;
 use reconcile_sdk::Action;
 
 use crate::error::ReconcileError;
-use crate::hash::ObjectHasher;
+use crate::hash::object_hash;
 use crate::meta::{Primary, Related};
 use model::{Annotations, Labels, Meta, Owned, OwnerReference};
 
@@ -64,10 +64,9 @@ impl<'a> Owner<'a> {
 pub fn apply_if_changed<K: Owned>(
     mut desired: K,
     observed: Option<&Related<'_>>,
-    hasher: &mut ObjectHasher,
     actions: &mut Vec<Action>,
 ) -> Result<bool, ReconcileError> {
-    let hash = hasher.hash(&desired)?;
+    let hash = object_hash(&desired)?;
     if let Some(observed) = observed
         && observed.applied_hash() == Some(hash.as_str())
         && !desired.edited_by_hand(&observed.hand_edits)
@@ -114,13 +113,12 @@ mod tests {
 
     #[test]
     fn applies_only_what_changed() {
-        let mut hasher = ObjectHasher::new();
         let mut actions = Vec::new();
-        assert!(apply_if_changed(config_map("v"), None, &mut hasher, &mut actions).expect("plans"));
+        assert!(apply_if_changed(config_map("v"), None, &mut actions).expect("plans"));
         let Some(Action::Apply { object }) = actions.pop() else { panic!("no apply") };
         let hash =
             object["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].as_str().expect("hash").to_string();
-        assert_eq!(hash, hasher.hash(&config_map("v")).expect("hashes"));
+        assert_eq!(hash, object_hash(&config_map("v")).expect("hashes"));
 
         // Observed as the API server returns it: extra fields do not matter, the hash does.
         let mut observed = object.clone();
@@ -128,15 +126,15 @@ mod tests {
         observed["metadata"]["resourceVersion"] = "7".into();
         let raw = RawValue::from_string(observed.to_string()).expect("raw");
         let view = Related::read(&raw).expect("decodes");
-        assert!(!apply_if_changed(config_map("v"), Some(&view), &mut hasher, &mut actions).expect("plans"));
+        assert!(!apply_if_changed(config_map("v"), Some(&view), &mut actions).expect("plans"));
         assert!(actions.is_empty());
 
         // A changed object, or a lost annotation, is applied again.
-        assert!(apply_if_changed(config_map("w"), Some(&view), &mut hasher, &mut actions).expect("plans"));
+        assert!(apply_if_changed(config_map("w"), Some(&view), &mut actions).expect("plans"));
         observed["metadata"]["annotations"] = json!({});
         let raw = RawValue::from_string(observed.to_string()).expect("raw");
         let view = Related::read(&raw).expect("decodes");
-        assert!(apply_if_changed(config_map("v"), Some(&view), &mut hasher, &mut actions).expect("plans"));
+        assert!(apply_if_changed(config_map("v"), Some(&view), &mut actions).expect("plans"));
         assert_eq!(actions.len(), 2);
     }
 }
