@@ -92,6 +92,19 @@ pub enum Rejection {
         /// The finalizer.
         finalizer: String,
     },
+    /// A name that is not a valid object name for its kind: a `/` would put a
+    /// subresource into the request path.
+    #[error("{op} of {kind} {name:?}: not a valid name ({rule})")]
+    InvalidName {
+        /// The action, or `requires`.
+        op: &'static str,
+        /// The kind.
+        kind: KindKey,
+        /// The name given (cut to 253 characters).
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
     /// An event whose reason the events API would refuse.
     #[error(
         "event with reason {reason:?}: a reason is one CamelCase word of at most {MAX_REASON_BYTES} bytes"
@@ -131,6 +144,7 @@ pub fn check_action(
         Action::Apply { object } => check_apply(object, manifest, primary),
         Action::Delete { api_version, kind, name, .. } | Action::Orphan { api_version, kind, name } => {
             let kind = KindKey::new(api_version, kind);
+            check_name(action.op(), &kind, name)?;
             if !manifest.related.iter().any(|k| k.is(&kind.api_version, &kind.kind)) {
                 return Err(Rejection::KindNotRelated { op: action.op(), kind, name: name.clone() });
             }
@@ -147,6 +161,43 @@ pub fn check_action(
         }
         Action::PatchStatus { .. } | Action::Event { .. } => Ok(()),
     }
+}
+
+/// Checks that `name` is a valid name for `kind` before any request path is built
+/// from it: a DNS-1123 label for a Service (its name becomes a DNS label), a DNS-1123
+/// subdomain for everything else.
+fn check_name(op: &'static str, kind: &KindKey, name: &str) -> Result<(), Rejection> {
+    let service = kind.api_version == "v1" && kind.kind == "Service";
+    let rule = if service { dns_label(name) } else { dns_subdomain(name) };
+    rule.map_err(|rule| Rejection::InvalidName {
+        op,
+        kind: kind.clone(),
+        name: name.chars().take(253).collect(),
+        rule,
+    })
+}
+
+/// A DNS-1123 label: 1 to 63 of `[a-z0-9-]`, starting and ending with `[a-z0-9]`.
+fn dns_label(name: &str) -> Result<(), &'static str> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    ok.then_some(())
+        .ok_or("a DNS-1123 label: at most 63 of a-z, 0-9 and '-', starting and ending alphanumeric")
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated labels.
+fn dns_subdomain(name: &str) -> Result<(), &'static str> {
+    const RULE: &str = "a DNS-1123 subdomain: at most 253 of a-z, 0-9, '-' and '.', each part starting and ending alphanumeric";
+    let ok = (1..=253).contains(&name.len())
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    ok.then_some(()).ok_or(RULE)
 }
 
 /// The longest event reason: the events API's limit.
@@ -169,6 +220,7 @@ fn check_apply(object: &Value, manifest: &Manifest, primary: PrimaryRef<'_>) -> 
         return Err(Rejection::ApplyIncomplete);
     };
     let kind = KindKey::new(api_version, kind);
+    check_name("apply", &kind, name)?;
     let name = name.to_owned();
     if !manifest.related.iter().any(|k| k.is(api_version, &kind.kind)) {
         return Err(Rejection::KindNotRelated { op: "apply", kind, name });
@@ -225,6 +277,8 @@ fn check_apply(object: &Value, manifest: &Manifest, primary: PrimaryRef<'_>) -> 
 /// Checks one requirement against the module's rights: its kind must be in `reads` or
 /// `related` (the namespace is always the primary's).
 pub fn check_requirement(requirement: &Requirement, manifest: &Manifest) -> Result<(), Rejection> {
+    let kind = KindKey::new(&requirement.api_version, &requirement.kind);
+    check_name("requires", &kind, &requirement.name)?;
     let listed = manifest
         .reads
         .iter()
@@ -422,5 +476,47 @@ mod tests {
             let err = check_action(&event(bad), &manifest, primary, &HashSet::new()).expect_err(bad);
             assert!(matches!(err, Rejection::BadEventReason { .. }), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn names_must_be_valid_for_their_kind_before_any_request_is_built() {
+        let manifest = manifest();
+        let key = ObjectKey::new("ns", "p");
+        let primary = PrimaryRef { key: &key, uid: "uid" };
+        let associated: HashSet<_> = [(KindKey::new("v1", "ConfigMap"), "svc/proxy".to_owned())].into();
+        let delete = |name: &str| Action::Delete {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: name.into(),
+            propagation_policy: None,
+        };
+        let requires = |kind: &str, name: &str| Requirement {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            name: name.into(),
+        };
+        let long = "a".repeat(254);
+        for bad in ["svc/proxy", "..", "", "UPPER", "-lead", "trail-", "a..b", "x y", long.as_str()] {
+            let err = check_action(&delete(bad), &manifest, primary, &associated).expect_err(bad);
+            assert!(matches!(err, Rejection::InvalidName { op: "delete", .. }), "{bad}: {err}");
+            let err = check_requirement(&requires("ConfigMap", bad), &manifest).expect_err(bad);
+            assert!(matches!(err, Rejection::InvalidName { op: "requires", .. }), "{bad}: {err}");
+        }
+        for good in ["a", "p-config", "a.b-c.d", &"a".repeat(253)] {
+            assert!(!matches!(
+                check_requirement(&requires("ConfigMap", good), &manifest),
+                Err(Rejection::InvalidName { .. })
+            ));
+        }
+        // A dotted name is a fine ConfigMap name but not a Service's.
+        assert!(dns_subdomain("p.metrics").is_ok());
+        assert!(dns_label("p.metrics").is_err());
+        assert!(dns_label(&"a".repeat(64)).is_err());
+        let apply = Action::Apply {
+            object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a/status", "labels": {"example.com/owner": "p"}}}),
+        };
+        let err = check_action(&apply, &manifest, primary, &associated).expect_err("a slash");
+        assert!(matches!(err, Rejection::InvalidName { op: "apply", .. }), "{err}");
     }
 }
