@@ -453,7 +453,7 @@ fn a_broken_cache_never_stops_the_host() {
 // --- Helpers -----------------------------------------------------------------------
 
 /// The manifest of the inline modules.
-const INLINE_MANIFEST: &str = r#"{"abi":1,"name":"inline","version":"0","primary":{"apiVersion":"v1","kind":"ConfigMap","plural":"configmaps"},"ownerLabel":"example.com/owner","fieldManager":"inline"}"#;
+const INLINE_MANIFEST: &str = r#"{"abi":1,"name":"inline","version":"0","primary":{"apiVersion":"example.com/v1","kind":"Thing","plural":"things"},"ownerLabel":"example.com/owner","fieldManager":"inline"}"#;
 
 /// The bump allocator of the inline modules.
 const BUMP_ALLOC: &str = "(local.set $ptr (global.get $heap)) \

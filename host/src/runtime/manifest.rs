@@ -59,6 +59,18 @@ pub enum ManifestError {
         /// Where again.
         second: String,
     },
+    /// The owner label is not in the primary's API group: a generic label
+    /// (`app.kubernetes.io/instance`) would let the module claim objects that Helm,
+    /// kubectl or kustomize made.
+    #[error(
+        "manifest field `ownerLabel` {label:?} must have the primary's API group {group:?} or a subdomain of it as its prefix, e.g. \"{group}/owner\""
+    )]
+    ForeignOwnerLabel {
+        /// The label.
+        label: String,
+        /// The primary's API group (empty for the core group).
+        group: String,
+    },
     /// A finalizer is listed twice.
     #[error("manifest lists finalizer {0:?} twice")]
     DuplicateFinalizer(String),
@@ -82,6 +94,7 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), ManifestError> {
     }
 
     check_kind("primary", &manifest.primary)?;
+    check_owner_label(&manifest.owner_label, &manifest.primary.api_version)?;
     if manifest.primary.optional {
         return Err(ManifestError::FlagNotAllowed {
             field: "primary.optional".into(),
@@ -135,6 +148,21 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), ManifestError> {
         }
     }
     Ok(())
+}
+
+/// The owner label's prefix must be the primary's API group or a subdomain of it
+/// (`dittofs.dittofs.com/server` for `dittofs.dittofs.com`, or
+/// `x.dittofs.dittofs.com/server`): no other controller's objects carry it.
+fn check_owner_label(label: &str, api_version: &str) -> Result<(), ManifestError> {
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    let prefix = label.rsplit_once('/').map_or("", |(prefix, _)| prefix);
+    let ours = !group.is_empty()
+        && (prefix == group || prefix.strip_suffix(group).is_some_and(|sub| sub.ends_with('.')));
+    if ours {
+        Ok(())
+    } else {
+        Err(ManifestError::ForeignOwnerLabel { label: label.to_owned(), group: group.to_owned() })
+    }
 }
 
 fn check_kind(field: &str, kind: &KindRef) -> Result<(), ManifestError> {
@@ -256,6 +284,11 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_label_in_a_subdomain_of_the_primary_group_is_valid() {
+        assert_eq!(check(with(&["ownerLabel"], json!("servers.dittofs.dittofs.com/name"))), Ok(()));
+    }
+
+    #[test]
     fn invalid_manifests_name_the_offending_field() {
         let cases = [
             (with(&["abi"], json!(2)), "declares abi 2"),
@@ -264,6 +297,13 @@ mod tests {
             (with(&["fieldManager"], json!("")), "`fieldManager` is empty"),
             (with(&["ownerLabel"], json!("not a label")), "`ownerLabel` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("Bad_Domain/x")), "`ownerLabel` is not a valid qualified name"),
+            (with(&["ownerLabel"], json!("app.kubernetes.io/instance")), "must have the primary's API group"),
+            (with(&["ownerLabel"], json!("server")), "must have the primary's API group"),
+            (
+                with(&["ownerLabel"], json!("evildittofs.dittofs.com/server")),
+                "must have the primary's API group",
+            ),
+            (with(&["ownerLabel"], json!("dittofs.com/server")), "must have the primary's API group"),
             (with(&["primary", "plural"], json!("")), "`primary.plural` is empty"),
             (with(&["primary", "plural"], json!("DittoServers")), "`primary.plural` is not a valid plural"),
             (with(&["primary", "kind"], json!("")), "`primary.kind` is empty"),
