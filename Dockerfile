@@ -3,7 +3,7 @@
 # The operator image: the static `wasm-operator` host (musl) and the DittoFS module
 # on distroless/static (CA certificates, a non-root user, no shell).
 #
-#   docker build -t wasm-operator:0.1.0 .        # or: make image
+#   docker build -t wasm-operator:0.2.0 .        # or: make image
 #
 # The Deployment in deploy/ mounts the module from a ConfigMap (so it can be
 # hot-swapped); the copy baked in here is the default for `docker run` and a

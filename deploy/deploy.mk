@@ -4,7 +4,7 @@
 KUBECTL ?= kubectl
 DEPLOY_NAMESPACE ?= wasm-operator
 DEPLOY_MODULE_CONFIGMAP ?= dittofs-module
-DEPLOY_IMAGE ?= wasm-operator:0.1.0
+DEPLOY_IMAGE ?= wasm-operator:0.2.0
 # The arguments deploy/rbac.yaml is generated with; they must match the other files
 # of deploy/ (ServiceAccount, namespace, module ConfigMap; the Lease is the host's
 # default `wasm-operator`). The e2e test `deploy` regenerates the file with them and
@@ -34,5 +34,5 @@ deploy-module: wasm ## Upload target/modules/dittofs-reconciler.wasm into the mo
 undeploy: ## Delete what deploy/ created (the DittoServer CRD and objects are kept)
 	$(KUBECTL) delete --ignore-not-found -k deploy
 
-image: ## Build the container image (DEPLOY_IMAGE, default wasm-operator:0.1.0; needs Docker)
+image: ## Build the container image (DEPLOY_IMAGE, default wasm-operator:0.2.0; needs Docker)
 	docker build -t $(DEPLOY_IMAGE) .
