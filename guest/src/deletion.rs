@@ -20,7 +20,6 @@ use serde_json::{Map, Value};
 
 use crate::error::ReconcileError;
 use crate::input::Input;
-use crate::meta::{Primary, at, str_at};
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
 use crate::objects::percona;
 use crate::time::parse_rfc3339;
@@ -31,18 +30,19 @@ pub const CLEANUP_TIMEOUT_SECONDS: i64 = 60;
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Reconciles a DittoServer that has a `deletionTimestamp`.
-pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Result<Outcome, ReconcileError> {
+pub fn reconcile(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
+    let primary = &snapshot.primary;
     if !primary.has_finalizer {
         return Ok(Outcome::actions(Vec::new()));
     }
-    let deletion = primary.deletion_timestamp.unwrap_or_default();
+    let deletion = primary.deletion_timestamp.as_deref().unwrap_or_default();
     let deleted_at = parse_rfc3339(deletion).ok_or_else(|| {
         ReconcileError::InvalidObject(format!(
             "metadata.deletionTimestamp {deletion:?} is not an RFC 3339 timestamp"
         ))
     })?;
     let remove_finalizer = Action::RemoveFinalizer { finalizer: FINALIZER.into() };
-    let elapsed = now.saturating_sub(deleted_at);
+    let elapsed = snapshot.now.saturating_sub(deleted_at);
 
     if elapsed > CLEANUP_TIMEOUT_SECONDS {
         // The finalizer goes first here: the point is that nothing (not even a
@@ -62,7 +62,7 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
     let status = tree(snapshot.object.status);
     let spec = tree(snapshot.object.spec);
     let mut actions = Vec::new();
-    if str_at(&status, &["phase"]) != Some("Deleting") {
+    if status["phase"] != "Deleting" {
         actions.push(Action::PatchStatus { status: deleting_status(status) });
         actions.push(event(
             EventType::Normal,
@@ -71,10 +71,10 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
         ));
     }
 
-    let cluster_name = names::percona_cluster(primary.name);
-    let cluster = snapshot.related.find(PERCONA_API_VERSION, PERCONA_KIND, &cluster_name);
+    let cluster_name = names::percona_cluster(&primary.name);
+    let cluster = snapshot.find(PERCONA_API_VERSION, PERCONA_KIND, &cluster_name);
     if cluster.is_some() {
-        let flag = |field| at(&spec, &["percona", field]).and_then(Value::as_bool) == Some(true);
+        let flag = |field: &str| spec["percona"][field] == true;
         if flag("enabled") && flag("deleteWithServer") {
             actions.push(Action::Delete {
                 api_version: PERCONA_API_VERSION.into(),
@@ -88,7 +88,7 @@ pub fn reconcile(snapshot: &Input<'_>, primary: &Primary<'_>, now: i64) -> Resul
                 format!("PerconaPGCluster {cluster_name} and its data are deleted with the server (deleteWithServer)"),
             ));
         } else {
-            actions.push(percona::orphan(primary.name));
+            actions.push(percona::orphan(&primary.name));
             actions.push(event(
                 EventType::Normal,
                 "PerconaOrphaned",

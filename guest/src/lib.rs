@@ -23,9 +23,10 @@
 //! Bad input never traps: it becomes an error outcome that names the problem, or,
 //! for a spec that decodes but cannot work ([`validate`]), phase Failed.
 //!
-//! The exports run [`reconcile_raw`], which decodes the snapshot in one pass and
-//! builds nothing it does not read ([`input`], [`meta::Related`], [`lenient`]);
-//! [`reconcile()`] takes the SDK's owned `Snapshot` and gives the same outcome.
+//! The exports run [`reconcile_raw`], which decodes the snapshot in one pass into
+//! derived structs of the few fields it reads ([`input`], [`meta::Related`],
+//! [`lenient`]); [`reconcile()`] takes the SDK's owned `Snapshot` and gives the same
+//! outcome.
 #![forbid(unsafe_code)]
 
 pub mod api;

@@ -12,12 +12,13 @@ use serde_json::value::RawValue;
 use crate::api::{DittoServerSpec, DittoServerStatus};
 use crate::error::ReconcileError;
 use crate::hash::ConfigHasher;
+use crate::input::Primary;
 use crate::input::{self, Input};
-use crate::meta::{Primary, StatefulSetState};
+use crate::meta::StatefulSetState;
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
 use crate::objects::percona::{self, Readiness};
 use crate::objects::statefulset::{self, Claim};
-use crate::objects::{Owner, apply_if_changed, configmap, services};
+use crate::objects::{apply_if_changed, configmap, services};
 use crate::status::{self, Observations};
 use crate::time::format_rfc3339;
 use crate::{config, deletion, secrets, validate};
@@ -60,9 +61,9 @@ pub fn reconcile_raw(snapshot: input::Snapshot<'_>) -> Outcome {
 
 fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     let now = snapshot.now;
-    let primary = snapshot.primary();
+    let primary = &snapshot.primary;
     if primary.deletion_timestamp.is_some() {
-        return deletion::reconcile(snapshot, &primary, now);
+        return deletion::reconcile(snapshot);
     }
     if !primary.has_finalizer {
         // Nothing is created before the finalizer is in place; its addition
@@ -75,25 +76,25 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     let previous = snapshot.object.status.and_then(|status| serde_json::from_str(status.get()).ok());
     let now = format_rfc3339(now);
 
-    let problems = validate::problems(primary.name, &spec);
+    let problems = validate::problems(&primary.name, &spec);
     if !problems.is_empty() {
-        return Ok(invalid_spec(&primary, previous.as_ref(), &problems.join("; "), &now));
+        return Ok(invalid_spec(primary, previous.as_ref(), &problems.join("; "), &now));
     }
 
-    let secret_names = secrets::referenced(primary.name, &spec);
+    let secret_names = secrets::referenced(&primary.name, &spec);
     let requires = secrets::missing(&secret_names, &snapshot.required);
     if !requires.is_empty() {
         return Ok(Outcome::Actions { actions: Vec::new(), requires, requeue_after_seconds: None });
     }
 
-    let owner = Owner::from(&primary);
-    let name = primary.name;
-    let observed = &snapshot.related;
+    let owner = primary;
+    let name = primary.name.as_str();
+    let observed = snapshot;
     let mut actions = Vec::new();
 
     let cluster = observed.find(PERCONA_API_VERSION, PERCONA_KIND, &names::percona_cluster(name));
     let mut cluster_actions = Vec::new();
-    percona::plan(&owner, &spec, cluster, &mut cluster_actions);
+    percona::plan(owner, &spec, cluster, &mut cluster_actions);
     // A cluster created by this batch exists, not ready, once the status is written;
     // unless creating it already failed (the PerconaPGCluster CRD may be missing):
     // then the status says so, and is written before the next attempt.
@@ -110,21 +111,21 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     config_hasher.part(&primary.generation.unwrap_or_default().to_le_bytes());
     let config_hash = config_hasher.finish();
     apply_if_changed(
-        configmap::build(&owner, config_yaml),
+        configmap::build(owner, config_yaml),
         observed.find("v1", "ConfigMap", &names::config_map(name)),
         &mut actions,
     )?;
 
     let service = |service_name: &str| observed.find("v1", "Service", service_name);
     for desired in
-        [services::headless(&owner, &spec), services::file(&owner, &spec), services::api(&owner, &spec)]
+        [services::headless(owner, &spec), services::file(owner, &spec), services::api(owner, &spec)]
     {
         let observed = service(&desired.metadata.name);
         apply_if_changed(desired, observed, &mut actions)?;
     }
     let metrics_name = names::metrics_service(name);
     if spec.metrics.enabled {
-        apply_if_changed(services::metrics(&owner, &spec), service(&metrics_name), &mut actions)?;
+        apply_if_changed(services::metrics(owner, &spec), service(&metrics_name), &mut actions)?;
     } else if service(&metrics_name).is_some() {
         actions.push(Action::Delete {
             api_version: "v1".into(),
@@ -146,7 +147,7 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
     if observed_sts.is_some() || may_create {
         let claims = observed_sts.and_then(Claim::from_observed).unwrap_or_else(|| Claim::from_spec(&spec));
         statefulset_applied = apply_if_changed(
-            statefulset::build(&owner, &spec, &config_hash, &claims),
+            statefulset::build(owner, &spec, &config_hash, &claims),
             observed_sts,
             &mut actions,
         )?;
@@ -154,7 +155,7 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
 
     let observations = Observations {
         name,
-        namespace: primary.namespace,
+        namespace: &primary.namespace,
         generation: primary.generation,
         statefulset: observed_sts.map(StatefulSetState::read),
         statefulset_applied,
@@ -185,7 +186,7 @@ fn decode_spec(spec: Option<&RawValue>) -> Result<DittoServerSpec, ReconcileErro
 /// Phase Failed, with the problems in the ConfigReady and Ready conditions; no object
 /// is applied from a spec that cannot work.
 fn invalid_spec(
-    primary: &Primary<'_>,
+    primary: &Primary,
     previous: Option<&DittoServerStatus>,
     problems: &str,
     now: &str,

@@ -16,39 +16,24 @@ use reconcile_sdk::Action;
 
 use crate::error::ReconcileError;
 use crate::hash::object_hash;
-use crate::meta::{Primary, Related};
+use crate::input::Primary;
+use crate::meta::Related;
 use model::{Annotations, Labels, Meta, Owned, OwnerReference};
 
-/// The DittoServer that owns the objects being built.
-#[derive(Debug, Clone, Copy)]
-pub struct Owner<'a> {
-    /// Its name.
-    pub name: &'a str,
-    /// Its namespace, which is every owned object's.
-    pub namespace: &'a str,
-    /// Its uid, the target of owner references.
-    pub uid: &'a str,
-}
-
-impl<'a> From<&Primary<'a>> for Owner<'a> {
-    fn from(primary: &Primary<'a>) -> Self {
-        Owner { name: primary.name, namespace: primary.namespace, uid: primary.uid }
-    }
-}
-
-impl<'a> Owner<'a> {
+/// The DittoServer is the owner of the objects built from it.
+impl Primary {
     /// A controller reference to the DittoServer: the garbage collector deletes the
     /// object after its owner.
-    pub fn controller_reference(&self) -> OwnerReference<'a> {
-        OwnerReference::controller(self.name, self.uid)
+    pub fn controller_reference(&self) -> OwnerReference<'_> {
+        OwnerReference::controller(&self.name, &self.uid)
     }
 
     /// Metadata of an owned object named `name`: namespace, labels, controller reference.
-    pub fn metadata(&self, name: String) -> Meta<'a> {
+    pub fn metadata(&self, name: String) -> Meta<'_> {
         Meta {
             name,
-            namespace: self.namespace,
-            labels: Labels::of(self.name),
+            namespace: &self.namespace,
+            labels: Labels::of(&self.name),
             annotations: Annotations::default(),
             owner_references: [self.controller_reference()],
         }
@@ -69,7 +54,7 @@ pub fn apply_if_changed<K: Owned>(
     let hash = object_hash(&desired)?;
     if let Some(observed) = observed
         && observed.applied_hash() == Some(hash.as_str())
-        && !desired.edited_by_hand(&observed.hand_edits)
+        && !desired.edited_by_hand(observed)
     {
         return Ok(false);
     }
@@ -85,8 +70,14 @@ mod tests {
     use serde_json::json;
     use serde_json::value::RawValue;
 
-    fn owner() -> Owner<'static> {
-        Owner { name: "nas", namespace: "files", uid: "u-1" }
+    fn owner() -> &'static Primary {
+        static OWNER: std::sync::OnceLock<Primary> = std::sync::OnceLock::new();
+        OWNER.get_or_init(|| Primary {
+            name: "nas".into(),
+            namespace: "files".into(),
+            uid: "u-1".into(),
+            ..Primary::default()
+        })
     }
 
     fn config_map(text: &str) -> model::ConfigMap<'static> {

@@ -7,7 +7,7 @@
 //! field names checked by the compiler. The typed core/v1 structs of k8s-openapi would
 //! do the same at twice the module's size.
 
-use crate::meta::HandEditable;
+use crate::meta::Related;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -148,9 +148,14 @@ pub trait Owned: Serialize {
     fn set_applied_hash(&mut self, hash: String);
 
     /// Whether the observed object was edited by hand away from this desired one in
-    /// a field people edit ([`HandEditable`]); such an edit keeps the applied hash,
-    /// so it is looked for separately.
-    fn edited_by_hand(&self, _observed: &HandEditable<'_>) -> bool {
+    /// a field people edit (`kubectl scale`, `kubectl set image`, `kubectl edit`);
+    /// such an edit keeps the applied hash, so it is looked for separately.
+    ///
+    /// Each field is compared the way server-side apply merges it, so that what
+    /// another writer added beside the module's own (a sidecar container) never reads
+    /// as an edit: applying again could not remove it, and the module would apply on
+    /// every reconcile.
+    fn edited_by_hand(&self, _observed: &Related<'_>) -> bool {
         false
     }
 }
@@ -171,8 +176,8 @@ impl Owned for ConfigMap<'_> {
         self.metadata.annotations.applied_hash = Some(hash);
     }
 
-    fn edited_by_hand(&self, observed: &HandEditable<'_>) -> bool {
-        observed.config != Some(crate::lenient::StrDigest::of(&self.data.config))
+    fn edited_by_hand(&self, observed: &Related<'_>) -> bool {
+        observed.data.config.as_deref() != Some(self.data.config.as_str())
     }
 }
 
@@ -181,14 +186,13 @@ impl Owned for StatefulSet<'_> {
         self.metadata.annotations.applied_hash = Some(hash);
     }
 
-    fn edited_by_hand(&self, observed: &HandEditable<'_>) -> bool {
+    fn edited_by_hand(&self, observed: &Related<'_>) -> bool {
+        let observed = observed.hand_edits();
         // Each of the module's containers, by name, with its image; other writers'
         // containers do not count.
-        let containers_kept = observed.containers.as_ref().is_some_and(|observed| {
-            self.spec.template.spec.containers.iter().all(|container| {
-                observed.iter().any(|o| {
-                    o.name.as_deref() == Some(container.name) && o.image.as_deref() == Some(container.image)
-                })
+        let containers_kept = self.spec.template.spec.containers.iter().all(|container| {
+            observed.containers().iter().any(|o| {
+                o.name.as_deref() == Some(container.name) && o.image.as_deref() == Some(container.image)
             })
         });
         observed.replicas != Some(i64::from(self.spec.replicas)) || !containers_kept

@@ -12,8 +12,8 @@
 use reconcile_sdk::Action;
 use serde_json::{Map, Value, json};
 
-use super::Owner;
 use crate::api::{DittoServerSpec, PerconaSpec};
+use crate::input::Primary;
 use crate::meta::Related;
 use crate::names::{self, OWNER_LABEL, PERCONA_API_VERSION, PERCONA_KIND, PERCONA_USER};
 
@@ -53,7 +53,7 @@ pub fn wants_owner_reference(spec: &PerconaSpec) -> bool {
 /// release (`orphan`). A cluster that Percona was disabled for is released too, so
 /// that deleting the DittoServer can never take its data along.
 pub fn plan(
-    owner: &Owner<'_>,
+    owner: &Primary,
     spec: &DittoServerSpec,
     observed: Option<&Related<'_>>,
     actions: &mut Vec<Action>,
@@ -63,13 +63,13 @@ pub fn plan(
         None if spec.percona.enabled => actions.push(Action::Apply { object: build(owner, spec) }),
         None => {}
         Some(cluster) => {
-            let has_reference = cluster.has_owner_reference(owner.uid);
+            let has_reference = cluster.has_owner_reference(&owner.uid);
             if wants_reference && !has_reference {
                 if let Some(object) = adopt(owner, cluster) {
                     actions.push(Action::Apply { object });
                 }
             } else if !wants_reference && has_reference {
-                actions.push(orphan(owner.name));
+                actions.push(orphan(&owner.name));
             }
         }
     }
@@ -85,7 +85,7 @@ pub fn orphan(server: &str) -> Action {
 }
 
 /// The cluster as first created.
-pub fn build(owner: &Owner<'_>, spec: &DittoServerSpec) -> Value {
+pub fn build(owner: &Primary, spec: &DittoServerSpec) -> Value {
     let percona = &spec.percona;
     let mut claim = json!({
         "accessModes": ["ReadWriteOnce"],
@@ -103,16 +103,16 @@ pub fn build(owner: &Owner<'_>, spec: &DittoServerSpec) -> Value {
             "postgresVersion": POSTGRES_VERSION,
             "instances": [{"name": "instance1", "replicas": percona.replicas, "dataVolumeClaimSpec": claim}],
             "users": [{"name": PERCONA_USER, "databases": [percona.database_name]}],
-            "backups": backups(owner.name, percona),
+            "backups": backups(&owner.name, percona),
         },
     })
 }
 
-fn metadata(owner: &Owner<'_>, with_reference: bool) -> Value {
+fn metadata(owner: &Primary, with_reference: bool) -> Value {
     let mut metadata = json!({
-        "name": names::percona_cluster(owner.name),
-        "namespace": owner.namespace,
-        "labels": {OWNER_LABEL: owner.name},
+        "name": names::percona_cluster(&owner.name),
+        "namespace": &owner.namespace,
+        "labels": {OWNER_LABEL: &owner.name},
     });
     if with_reference && let Some(metadata) = metadata.as_object_mut() {
         metadata.insert("ownerReferences".into(), json!([owner.controller_reference()]));
@@ -156,12 +156,8 @@ fn backups(server: &str, percona: &PerconaSpec) -> Value {
 /// The observed cluster with the DittoServer's controller reference: its spec
 /// verbatim, so that the apply changes nothing else. `None` when the observed cluster
 /// has no spec to keep.
-fn adopt(owner: &Owner<'_>, cluster: &Related<'_>) -> Option<Value> {
-    let fields = cluster.spec.0.as_ref()?;
-    let spec = fields
-        .iter()
-        .map(|(key, value)| Some((key.to_string(), serde_json::from_str(value.get()).ok()?)))
-        .collect::<Option<serde_json::Map<String, Value>>>()?;
+fn adopt(owner: &Primary, cluster: &Related<'_>) -> Option<Value> {
+    let spec: Map<String, Value> = serde_json::from_str(cluster.spec?.get()).ok()?;
     Some(json!({
         "apiVersion": PERCONA_API_VERSION,
         "kind": PERCONA_KIND,

@@ -12,7 +12,6 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::Owner;
 use super::model::{
     ClaimSpec, ClaimTemplate, ConfigVolume, Container, ContainerPort, EnvVar, Labels, NameOnly, NamedRef,
     PodAnnotations, PodMeta, PodSecurity, PodSelector, PodSpec, PodTemplate, Probe, RetentionPolicy,
@@ -20,6 +19,8 @@ use super::model::{
     VolumeMount,
 };
 use crate::api::DittoServerSpec;
+use crate::input::Primary;
+use crate::lenient::Object;
 use crate::meta::Related;
 use crate::names;
 
@@ -86,11 +87,14 @@ impl Claim {
         struct Requests {
             storage: String,
         }
-        statefulset.spec.0.as_ref()?;
-        let templates: Vec<Template> = match statefulset.spec.get("volumeClaimTemplates") {
-            Some(templates) => serde_json::from_str(templates.get()).ok()?,
-            None => Vec::new(),
-        };
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Spec {
+            #[serde(default)]
+            volume_claim_templates: Vec<Template>,
+        }
+        let spec = serde_json::from_str::<Object<Spec>>(statefulset.spec?.get()).ok()?.0?;
+        let templates = spec.volume_claim_templates;
         let claims = templates
             .into_iter()
             .map(|template| Claim {
@@ -126,7 +130,7 @@ impl Claim {
 
 /// The StatefulSet of `owner`, with `claims` and the pod annotation `config_hash`.
 pub fn build<'a>(
-    owner: &Owner<'a>,
+    owner: &'a Primary,
     spec: &'a DittoServerSpec,
     config_hash: &'a str,
     claims: &'a [Claim],
@@ -138,23 +142,23 @@ pub fn build<'a>(
     StatefulSet {
         api_version: "apps/v1",
         kind: "StatefulSet",
-        metadata: owner.metadata(owner.name.into()),
+        metadata: owner.metadata(owner.name.clone()),
         spec: StatefulSetSpec {
             replicas: spec.replicas,
-            service_name: names::headless_service(owner.name),
-            selector: Selector { match_labels: PodSelector::of(owner.name) },
+            service_name: names::headless_service(&owner.name),
+            selector: Selector { match_labels: PodSelector::of(&owner.name) },
             template: PodTemplate {
                 metadata: PodMeta {
-                    labels: Labels::of(owner.name),
+                    labels: Labels::of(&owner.name),
                     annotations: PodAnnotations { config_hash },
                 },
                 spec: PodSpec {
                     security_context,
-                    init_containers: spec.percona.enabled.then(|| [wait_for_postgres(owner.name)]),
-                    containers: [server_container(owner.name, spec, claims)],
+                    init_containers: spec.percona.enabled.then(|| [wait_for_postgres(&owner.name)]),
+                    containers: [server_container(&owner.name, spec, claims)],
                     volumes: [ConfigVolume {
                         name: "config",
-                        config_map: NamedRef { name: names::config_map(owner.name) },
+                        config_map: NamedRef { name: names::config_map(&owner.name) },
                     }],
                 },
             },
