@@ -12,8 +12,7 @@ use serde_json::value::RawValue;
 use crate::api::{DittoServerSpec, DittoServerStatus};
 use crate::error::ReconcileError;
 use crate::hash::ConfigHasher;
-use crate::input::Primary;
-use crate::input::{self, Input};
+use crate::input::{self, Input, Primary};
 use crate::meta::StatefulSetState;
 use crate::names::{self, FINALIZER, PERCONA_API_VERSION, PERCONA_KIND};
 use crate::objects::percona::{self, Readiness};
@@ -44,89 +43,134 @@ pub fn reconcile(snapshot: Snapshot) -> Outcome {
 /// pass, reading only what the reconcile needs: [`input`](crate::input));
 /// idempotent like [`reconcile`].
 pub fn reconcile_raw(snapshot: input::Snapshot<'_>) -> Outcome {
-    let outcome = match Input::read(snapshot) {
-        Ok(input) => {
-            let outcome = run(&input);
-            // The plain module runs in a fresh instance per call and its allocator
-            // never reuses memory: walking the input to drop it would be wasted time.
-            #[cfg(all(target_arch = "wasm32", not(feature = "js")))]
-            std::mem::forget(input);
-            outcome
-        }
-        Err(err) => Err(err),
-    };
     // Every error is about the snapshot itself: the same input fails the same way.
-    outcome.unwrap_or_else(|err| Outcome::error(err.to_string(), false))
+    Input::read(snapshot)
+        .and_then(|input| run(&input))
+        .unwrap_or_else(|err| Outcome::error(err.to_string(), false))
 }
 
-fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
-    let now = snapshot.now;
-    let primary = &snapshot.primary;
+/// Deletion, the finalizer, the spec's checks and the Secrets it needs come first;
+/// then the objects and the status ([`converge`]).
+fn run(input: &Input<'_>) -> Result<Outcome, ReconcileError> {
+    let primary = &input.primary;
     if primary.deletion_timestamp.is_some() {
-        return deletion::reconcile(snapshot);
+        return deletion::reconcile(input);
     }
     if !primary.has_finalizer {
         // Nothing is created before the finalizer is in place; its addition
         // triggers the next reconcile.
         return Ok(Outcome::actions(vec![Action::AddFinalizer { finalizer: FINALIZER.into() }]));
     }
-
-    let spec = decode_spec(snapshot.object.spec)?;
+    let spec = decode_spec(input.object.spec)?;
     // A status that does not decode is rewritten whole.
-    let previous = snapshot.object.status.and_then(|status| serde_json::from_str(status.get()).ok());
-    let now = format_rfc3339(now);
-
+    let previous = input.object.status.and_then(|status| serde_json::from_str(status.get()).ok());
+    let now = format_rfc3339(input.now);
     let problems = validate::problems(&primary.name, &spec);
     if !problems.is_empty() {
         return Ok(invalid_spec(primary, previous.as_ref(), &problems.join("; "), &now));
     }
-
     let secret_names = secrets::referenced(&primary.name, &spec);
-    let requires = secrets::missing(&secret_names, &snapshot.required);
+    let requires = secrets::missing(&secret_names, &input.required);
     if !requires.is_empty() {
         return Ok(Outcome::Actions { actions: Vec::new(), requires, requeue_after_seconds: None });
     }
+    converge(input, &spec, previous.as_ref(), &secret_names, &now)
+}
 
-    let owner = primary;
-    let name = primary.name.as_str();
-    let observed = snapshot;
+/// The applies, deletes and status write that bring the cluster to `spec`, in the
+/// order of the module docs.
+fn converge(
+    input: &Input<'_>,
+    spec: &DittoServerSpec,
+    previous: Option<&DittoServerStatus>,
+    secret_names: &[String],
+    now: &str,
+) -> Result<Outcome, ReconcileError> {
+    let primary = &input.primary;
+    let (mut cluster_actions, database, creation_failing) = plan_percona(input, spec);
     let mut actions = Vec::new();
+    let config_yaml = config::render(&primary.name, spec);
+    let config_hash = config_hash(input, &config_yaml, secret_names);
+    let observed = input.find("v1", "ConfigMap", &names::config_map(&primary.name));
+    apply_if_changed(configmap::build(primary, config_yaml), observed, &mut actions)?;
+    apply_services(input, spec, &mut actions)?;
+    if !creation_failing {
+        actions.append(&mut cluster_actions);
+    }
+    let statefulset = input.find("apps/v1", "StatefulSet", &primary.name);
+    let statefulset_applied = apply_statefulset(input, spec, database, &config_hash, &mut actions)?;
+    let observations = Observations {
+        name: &primary.name,
+        namespace: &primary.namespace,
+        generation: primary.generation,
+        statefulset: statefulset.map(StatefulSetState::read),
+        statefulset_applied,
+        database,
+        config_hash: &config_hash,
+        now,
+    };
+    let status = status::compute(spec, &observations, previous);
+    if previous != Some(&status) {
+        actions.push(Action::PatchStatus { status: serde_json::to_value(&status)? });
+    }
+    actions.append(&mut cluster_actions);
+    // Every Secret the config hash covers, so that the host watches them for us.
+    Ok(Outcome::Actions {
+        actions,
+        requires: secrets::requirements(secret_names),
+        requeue_after_seconds: None,
+    })
+}
 
-    let cluster = observed.find(PERCONA_API_VERSION, PERCONA_KIND, &names::percona_cluster(name));
-    let mut cluster_actions = Vec::new();
-    percona::plan(owner, &spec, cluster, &mut cluster_actions);
-    // A cluster created by this batch exists, not ready, once the status is written;
-    // unless creating it already failed (the PerconaPGCluster CRD may be missing):
-    // then the status says so, and is written before the next attempt.
-    let creation_failing = spec.percona.enabled && cluster.is_none() && snapshot.last_failure.is_some();
+/// The Percona cluster's actions, its readiness (with Percona enabled), and whether
+/// creating it keeps failing.
+///
+/// A cluster created by this batch exists, not ready, once the status is written;
+/// unless creating it already failed (the PerconaPGCluster CRD may be missing): then
+/// the status says so, and is written before the next attempt.
+fn plan_percona<'a>(
+    input: &'a Input<'_>,
+    spec: &DittoServerSpec,
+) -> (Vec<Action>, Option<Readiness<'a>>, bool) {
+    let cluster = input.find(PERCONA_API_VERSION, PERCONA_KIND, &names::percona_cluster(&input.primary.name));
+    let mut actions = Vec::new();
+    percona::plan(&input.primary, spec, cluster, &mut actions);
+    let creation_failing = spec.percona.enabled && cluster.is_none() && input.last_failure.is_some();
     let database = spec.percona.enabled.then(|| match cluster {
         None if !creation_failing => Readiness::NotReady(None),
         cluster => percona::readiness(cluster),
     });
+    (actions, database, creation_failing)
+}
 
-    let config_yaml = config::render(name, &spec);
-    let mut config_hasher = ConfigHasher::new();
-    config_hasher.part(config_yaml.as_bytes());
-    secrets::hash_digests(&mut config_hasher, &secret_names, &snapshot.required);
-    config_hasher.part(&primary.generation.unwrap_or_default().to_le_bytes());
-    let config_hash = config_hasher.finish();
-    apply_if_changed(
-        configmap::build(owner, config_yaml),
-        observed.find("v1", "ConfigMap", &names::config_map(name)),
-        &mut actions,
-    )?;
+/// The pod's config hash: the configuration file, the referenced Secrets' digests
+/// and the generation.
+fn config_hash(input: &Input<'_>, config_yaml: &str, secret_names: &[String]) -> String {
+    let mut hasher = ConfigHasher::new();
+    hasher.part(config_yaml.as_bytes());
+    secrets::hash_digests(&mut hasher, secret_names, &input.required);
+    hasher.part(&input.primary.generation.unwrap_or_default().to_le_bytes());
+    hasher.finish()
+}
 
-    let service = |service_name: &str| observed.find("v1", "Service", service_name);
-    for desired in
-        [services::headless(owner, &spec), services::file(owner, &spec), services::api(owner, &spec)]
-    {
-        let observed = service(&desired.metadata.name);
-        apply_if_changed(desired, observed, &mut actions)?;
-    }
-    let metrics_name = names::metrics_service(name);
+/// The Services that changed; the metrics Service is deleted once metrics are off.
+fn apply_services(
+    input: &Input<'_>,
+    spec: &DittoServerSpec,
+    actions: &mut Vec<Action>,
+) -> Result<(), ReconcileError> {
+    let owner = &input.primary;
+    let mut desired =
+        vec![services::headless(owner, spec), services::file(owner, spec), services::api(owner, spec)];
     if spec.metrics.enabled {
-        apply_if_changed(services::metrics(owner, &spec), service(&metrics_name), &mut actions)?;
-    } else if service(&metrics_name).is_some() {
+        desired.push(services::metrics(owner, spec));
+    }
+    for service in desired {
+        let observed = input.find("v1", "Service", &service.metadata.name);
+        apply_if_changed(service, observed, actions)?;
+    }
+    let metrics_name = names::metrics_service(&owner.name);
+    if !spec.metrics.enabled && input.find("v1", "Service", &metrics_name).is_some() {
         actions.push(Action::Delete {
             api_version: "v1".into(),
             kind: "Service".into(),
@@ -134,46 +178,26 @@ fn run(snapshot: &Input<'_>) -> Result<Outcome, ReconcileError> {
             propagation_policy: Some(reconcile_sdk::PropagationPolicy::Background),
         });
     }
+    Ok(())
+}
 
-    if !creation_failing {
-        actions.append(&mut cluster_actions);
+/// The StatefulSet, when it changed; returns whether it is applied. With Percona, the
+/// server is not created before its database is ready; once it exists it is kept up
+/// to date whatever the cluster's state.
+fn apply_statefulset(
+    input: &Input<'_>,
+    spec: &DittoServerSpec,
+    database: Option<Readiness<'_>>,
+    config_hash: &str,
+    actions: &mut Vec<Action>,
+) -> Result<bool, ReconcileError> {
+    let observed = input.find("apps/v1", "StatefulSet", &input.primary.name);
+    if observed.is_none() && database.is_some_and(|database| database != Readiness::Ready) {
+        return Ok(false);
     }
-
-    let observed_sts = observed.find("apps/v1", "StatefulSet", name);
-    // With Percona, the server is not created before its database is ready; once it
-    // exists it is kept up to date whatever the cluster's state.
-    let may_create = database.is_none_or(|database| database == Readiness::Ready);
-    let mut statefulset_applied = false;
-    if observed_sts.is_some() || may_create {
-        let claims = observed_sts.and_then(Claim::from_observed).unwrap_or_else(|| Claim::from_spec(&spec));
-        statefulset_applied = apply_if_changed(
-            statefulset::build(owner, &spec, &config_hash, &claims),
-            observed_sts,
-            &mut actions,
-        )?;
-    }
-
-    let observations = Observations {
-        name,
-        namespace: &primary.namespace,
-        generation: primary.generation,
-        statefulset: observed_sts.map(StatefulSetState::read),
-        statefulset_applied,
-        database,
-        config_hash: &config_hash,
-        now: &now,
-    };
-    let status = status::compute(&spec, &observations, previous.as_ref());
-    if previous.as_ref() != Some(&status) {
-        actions.push(Action::PatchStatus { status: serde_json::to_value(&status)? });
-    }
-    actions.append(&mut cluster_actions);
-    // Every Secret the config hash covers, so that the host watches them for us.
-    Ok(Outcome::Actions {
-        actions,
-        requires: secrets::requirements(&secret_names),
-        requeue_after_seconds: None,
-    })
+    // Claim templates are immutable: once the StatefulSet exists, its own are kept.
+    let claims = observed.and_then(Claim::from_observed).unwrap_or_else(|| Claim::from_spec(spec));
+    apply_if_changed(statefulset::build(&input.primary, spec, config_hash, &claims), observed, actions)
 }
 
 /// Decodes `spec`, naming the field that does not decode.
