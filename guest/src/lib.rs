@@ -1,5 +1,5 @@
 //! The DittoFS reconcile module: the `DittoServer` API and a pure reconcile function,
-//! exported under ABI v1 (see DESIGN.md §3) for the generic `wasm-operator` host.
+//! exported under ABI v1 (see docs/abi.md) for the generic `wasm-operator` host.
 //!
 //! [`reconcile()`] takes a snapshot of what the cluster holds (the DittoServer, the
 //! objects it owns, the digests of the Secrets it references, the time) and returns

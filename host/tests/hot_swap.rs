@@ -1,5 +1,5 @@
-//! Hot swap end to end (DESIGN.md §4) against the real control plane: the operator
-//! runs in-process with a ConfigMap module source (`start_from_source`, the same path
+//! Hot swap end to end (docs/abi.md, *Hot swap acceptance checks*) against the real
+//! control plane: the operator runs in-process with a ConfigMap module source (`start_from_source`, the same path
 //! as `run --module-configmap`), and the tests upload module versions to the
 //! ConfigMap as `module push` does.
 //!

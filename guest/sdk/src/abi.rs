@@ -1,10 +1,11 @@
 //! The ABI v1 JSON documents exchanged between a host and a reconcile module.
 //!
-//! These types are the wire contract of DESIGN.md §3: field names are camelCase and
-//! their shapes are fixed. The same types serve both sides: a module deserializes a
-//! [`Snapshot`] and serializes an [`Outcome`]; the host does the reverse and treats
-//! everything it reads from a module as hostile, which is why decoding is strict
-//! (unknown fields and ill-formed outcomes are errors, not silently ignored).
+//! These types are the wire contract of docs/abi.md (*The manifest*, *The snapshot*,
+//! *The outcome*): field names are camelCase and their shapes are fixed. The same
+//! types serve both sides: a module deserializes a [`Snapshot`] and serializes an
+//! [`Outcome`]; the host does the reverse and treats everything it reads from a
+//! module as hostile, which is why decoding is strict (unknown fields and ill-formed
+//! outcomes are errors, not silently ignored).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! A bump allocator for plain `wasm32` builds of a module (feature `bump-alloc`).
 //!
-//! The host runs every call in a fresh instance (DESIGN.md §3, "Sandbox"), so a
+//! The host runs every call in a fresh instance (docs/abi.md, *Sandbox limits*), so a
 //! module's heap lives for one call only: reusing freed memory buys nothing, and a
 //! general-purpose allocator's bookkeeping is pure overhead on the hot path. This
 //! allocator hands out memory by moving a pointer forward and never reuses it, except

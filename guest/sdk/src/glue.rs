@@ -1,7 +1,8 @@
 //! The ABI v1 export glue: buffers in linear memory and the `(ptr << 32) | len` packing.
 //!
-//! This is the only `unsafe` code of a module. The contract it relies on (DESIGN.md
-//! §3): the host writes the snapshot into a buffer it got from `reconcile_alloc`, hands
+//! With the bump allocator's `GlobalAlloc` implementation (`alloc`), this is the only
+//! `unsafe` code of a module. The contract it relies on (docs/abi.md, *Exports*): the
+//! host writes the snapshot into a buffer it got from `reconcile_alloc`, hands
 //! that buffer over to `reconcile` (which frees it), and frees each returned result
 //! with `reconcile_free(ptr, len)`. Every buffer, whichever side frees it, is one
 //! allocation of `len` bytes with alignment 1, so `reconcile_free` can rebuild its

@@ -1,5 +1,5 @@
 //! `reconcile-sdk`: the ABI v1 contract between `wasm-operator` and its reconcile
-//! modules (DESIGN.md §3).
+//! modules (docs/abi.md).
 //!
 //! - [`abi`]: the JSON documents, [`Manifest`], [`Snapshot`], [`Outcome`] and
 //!   [`Action`], used by modules and, natively, by the host.
@@ -38,6 +38,15 @@
 //! (linker argument `--initial-memory`, as `guest/build.rs` does for the DittoFS
 //! module) never grows its memory, which is the cheapest call wasmtime's pooling
 //! allocator can make.
+//!
+//! The SDK's `unsafe` code is in two places, both in plain wasm32 builds only: the
+//! export glue (`glue`: the buffers handed across the ABI) and the bump allocator's
+//! `GlobalAlloc` implementation (`alloc`). The allocator's stays beside its state
+//! rather than moving into the glue: its safety argument (no two live blocks overlap)
+//! rests on how `alloc`, `dealloc` and `realloc` move the same two pointers, and the
+//! in-place `realloc` of the most recent block, which keeps a growing output buffer
+//! from being copied on every growth, needs that state. Split across two modules, the
+//! argument would be made in one place about code in another.
 
 pub mod abi;
 #[cfg(all(target_arch = "wasm32", feature = "bump-alloc", not(feature = "js")))]

@@ -1,4 +1,4 @@
-//! The documents of DESIGN.md §3 decode into the ABI types and encode back unchanged,
+//! The documents of docs/abi.md decode into the ABI types and encode back unchanged,
 //! and outcomes a module could forge are refused with a clear reason.
 
 use reconcile_sdk::{Action, EventType, Manifest, Outcome, PropagationPolicy, Snapshot};
