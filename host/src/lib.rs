@@ -56,7 +56,7 @@ pub use lifecycle::{
     ConfigMapSource, LoadFileError, ModuleSource, SourceError, compress_for_configmap, load_module,
 };
 pub use module::{ActiveModule, LoadedModuleInfo, Module, ModuleCallError, ModuleRejection, WasmModule};
-pub use observe::{Metrics, ModuleLabels, OpLabels, ResultLabels};
+pub use observe::{ActionLabels, Metrics, ModuleLabels, OpLabels, ResultLabels};
 pub use operator::{OperatorConfig, RunningOperator, StartError, start_from_source};
 pub use policy::{OutcomeLimits, OutcomeTooLarge, Rejection};
 pub use queue::Cause;

@@ -11,6 +11,7 @@ use kube::api::Api;
 use operator_support::*;
 use reconcile_sdk::{Action, EventType, Manifest, Outcome, Snapshot};
 use serde_json::json;
+use wasm_operator::ActionLabels;
 
 const LABEL: &str = configmap_mirror::OWNER_LABEL;
 const FINALIZER: &str = configmap_mirror::FINALIZER;
@@ -32,6 +33,19 @@ fn config_map(owner: &str, name: &str) -> Action {
 
 fn event(message: String) -> Action {
     Action::Event { event_type: EventType::Normal, reason: "Bounded".into(), message }
+}
+
+/// How often the module was called for the primary `name`.
+fn calls_of(module: &NativeModule, name: &str) -> usize {
+    module.calls.lock().unwrap().iter().filter(|s| name_of(s) == name).count()
+}
+
+/// Waits until the module was called `times` times for the primary `name`.
+async fn wait_called(module: &NativeModule, name: &str, times: usize) -> Result<()> {
+    eventually(&format!("{times} calls for {name}"), || async {
+        Ok((calls_of(module, name) >= times).then_some(()))
+    })
+    .await
 }
 
 /// Waits until the module saw a `lastFailure` for `name` containing `text`.
@@ -99,19 +113,11 @@ async fn a_requeue_of_u64_max_seconds_loses_no_worker() -> Result<()> {
     for i in 0..4 {
         create_mirror(&client, &ns, &format!("forever-{i}"), json!({})).await?;
     }
-    let called = |name: String| {
-        let module = module.clone();
-        move || {
-            let module = module.clone();
-            let name = name.clone();
-            async move { Ok(module.calls.lock().unwrap().iter().any(|s| name_of(s) == name).then_some(())) }
-        }
-    };
     for i in 0..4 {
-        eventually("each of the four to be reconciled", called(format!("forever-{i}"))).await?;
+        wait_called(&module, &format!("forever-{i}"), 1).await?;
     }
     create_mirror(&client, &ns, "fifth", json!({})).await?;
-    eventually("the fifth, created afterwards, to be reconciled", called("fifth".into())).await?;
+    wait_called(&module, "fifth", 1).await?;
     op.shutdown().await;
     Ok(())
 }
@@ -167,18 +173,69 @@ async fn a_panicking_reconcile_loses_no_worker_and_is_retried() -> Result<()> {
     for i in 0..6 {
         create_mirror(&client, &ns, &format!("boom-{i}"), json!({})).await?;
     }
-    eventually("every panicking primary to be retried", || async {
-        let calls = module.calls.lock().unwrap();
-        let retried = (0..6).all(|i| calls.iter().filter(|s| name_of(s) == format!("boom-{i}")).count() >= 2);
-        Ok(retried.then_some(()))
-    })
-    .await?;
+    // Each retried: called again after its panic.
+    for i in 0..6 {
+        wait_called(&module, &format!("boom-{i}"), 2).await?;
+    }
     create_mirror(&client, &ns, "calm", json!({})).await?;
-    eventually("a calm primary to be reconciled after the panics", || async {
-        Ok(module.calls.lock().unwrap().iter().any(|s| name_of(s) == "calm").then_some(()))
+    wait_called(&module, "calm", 1).await?;
+    assert!(op.metrics.reconcile_panics.get() >= 12, "{}", op.metrics.reconcile_panics.get());
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_event_never_stops_the_batch() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "bounds-refused-event").await?;
+    let ns = ns.name().to_owned();
+    // The events API refuses this reporting controller (not a qualified name), so every
+    // event fails at the API server; the finalizer after it must still be added.
+    let manifest = Manifest { field_manager: "bounded events".into(), ..manifest() };
+    let module = NativeModule::new(manifest, |snapshot| {
+        let done = snapshot.object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let actions = vec![event("refused".into()), Action::AddFinalizer { finalizer: FINALIZER.into() }];
+        Outcome::actions(if done { Vec::new() } else { actions })
+    });
+    let op = start_operator(&client, module.clone(), &ns).await?;
+    create_mirror(&client, &ns, "m", json!({})).await?;
+    let mirrors = mirror_api(&client, &ns);
+    eventually("the finalizer after the refused event", || async {
+        let m = mirrors.get("m").await?;
+        Ok(m.metadata.finalizers.unwrap_or_default().iter().any(|f| f == FINALIZER).then_some(()))
     })
     .await?;
-    assert!(op.metrics.reconcile_panics.get() >= 12, "{}", op.metrics.reconcile_panics.get());
+    let refused =
+        op.metrics.actions.get_or_create(&ActionLabels { op: "event".into(), result: "error".into() }).get();
+    assert!(refused >= 1, "the refused event was not counted");
+    assert!(events(&client, &ns, "m", "Bounded").await?.is_empty(), "the event was written after all");
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_action_with_requeue_zero_is_retried_with_backoff_not_in_a_loop() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "bounds-retry").await?;
+    let ns = ns.name().to_owned();
+    // An apply the API server refuses on every attempt (an invalid data key).
+    let module = NativeModule::new(manifest(), |snapshot| {
+        let name = name_of(&snapshot);
+        let refused = Action::Apply {
+            object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": format!("{name}-bad"), "labels": {LABEL: name}},
+                "data": {"not a valid key": "v"}}),
+        };
+        Outcome::Actions { actions: vec![refused], requires: Vec::new(), requeue_after_seconds: Some(0) }
+    });
+    let op = start_operator(&client, module.clone(), &ns).await?;
+    create_mirror(&client, &ns, "m", json!({})).await?;
+    wait_called(&module, "m", 3).await?;
+    // The test backoff is 200 ms doubling to 2 s: a handful of attempts in the next 6 s.
+    // Retried at the module's 0 s, it was hundreds. A count, not a time, is asserted.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let calls = calls_of(&module, "m");
+    assert!(calls < 30, "{calls} attempts: the failing action is retried in a loop");
     op.shutdown().await;
     Ok(())
 }

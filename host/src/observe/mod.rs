@@ -5,4 +5,4 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 
 pub use http::HttpState;
-pub use metrics::{Metrics, ModuleLabels, OpLabels, ResultLabels};
+pub use metrics::{ActionLabels, Metrics, ModuleLabels, OpLabels, ResultLabels};
