@@ -166,7 +166,8 @@ fn apply_services(
         desired.push(services::metrics(owner, spec));
     }
     for service in desired {
-        let observed = input.find("v1", "Service", &service.metadata.name);
+        let name = service["metadata"]["name"].as_str().unwrap_or_default();
+        let observed = input.find("v1", "Service", name);
         apply_if_changed(service, observed, actions)?;
     }
     let metrics_name = names::metrics_service(&owner.name);

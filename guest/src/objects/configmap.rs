@@ -1,15 +1,16 @@
 //! The ConfigMap `<name>-config` holding the server's `config.yaml`.
 
-use super::model::{ConfigData, ConfigMap};
+use serde_json::{Value, json};
+
 use crate::input::Primary;
-use crate::names;
+use crate::names::{self, CONFIG_FILE_KEY};
 
 /// The ConfigMap holding `config_yaml` (which never holds a secret).
-pub fn build<'a>(owner: &'a Primary, config_yaml: String) -> ConfigMap<'a> {
-    ConfigMap {
-        api_version: "v1",
-        kind: "ConfigMap",
-        metadata: owner.metadata(names::config_map(&owner.name)),
-        data: ConfigData { config: config_yaml },
-    }
+pub fn build(owner: &Primary, config_yaml: String) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": owner.metadata(&names::config_map(&owner.name)),
+        "data": {CONFIG_FILE_KEY: config_yaml},
+    })
 }

@@ -2,55 +2,55 @@
 //! SMB when enabled), `<name>-api` (control plane) and `<name>-metrics` (only while
 //! metrics are enabled).
 
-use super::model::{PodSelector, Service, ServicePort, ServiceSpec};
+use serde_json::{Value, json};
+
+use super::{annotate, pod_selector};
 use crate::api::DittoServerSpec;
 use crate::input::Primary;
 use crate::names;
 
 /// A TCP port whose target is the container port of the same name.
-pub fn port(name: &'static str, number: i32) -> ServicePort {
-    ServicePort { name, port: number, target_port: name, protocol: "TCP" }
+fn port(name: &str, number: i32) -> Value {
+    json!({"name": name, "port": number, "targetPort": name, "protocol": "TCP"})
 }
 
-fn service<'a>(
-    owner: &'a Primary,
-    name: String,
-    kind: Option<&'static str>,
-    cluster_ip: Option<&'static str>,
-    ports: Vec<ServicePort>,
-) -> Service<'a> {
-    Service {
-        api_version: "v1",
-        kind: "Service",
-        metadata: owner.metadata(name),
-        spec: ServiceSpec { kind, cluster_ip, ports, selector: PodSelector::of(&owner.name) },
-    }
+/// The Service `name` selecting the server's pods, with `spec` beside the selector.
+fn service(owner: &Primary, name: &str, mut spec: Value) -> Value {
+    spec["selector"] = pod_selector(&owner.name);
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": owner.metadata(name), "spec": spec})
 }
 
 /// `<name>-headless`: the StatefulSet's governing Service (stable pod DNS names).
-pub fn headless<'a>(owner: &'a Primary, spec: &DittoServerSpec) -> Service<'a> {
-    service(owner, names::headless_service(&owner.name), None, Some("None"), vec![port("nfs", spec.nfs_port)])
+pub fn headless(owner: &Primary, spec: &DittoServerSpec) -> Value {
+    let ports = [port("nfs", spec.nfs_port)];
+    service(owner, &names::headless_service(&owner.name), json!({"clusterIP": "None", "ports": ports}))
 }
 
 /// `<name>-file`: NFS (and SMB) for clients, of the type and with the annotations
 /// `spec.service` asks for.
-pub fn file<'a>(owner: &'a Primary, spec: &'a DittoServerSpec) -> Service<'a> {
+pub fn file(owner: &Primary, spec: &DittoServerSpec) -> Value {
     let mut ports = vec![port("nfs", spec.nfs_port)];
     if spec.smb.enabled {
         ports.push(port("smb", spec.smb.port));
     }
+    let kind = spec.service.kind.as_str();
     let mut service =
-        service(owner, names::file_service(&owner.name), Some(spec.service.kind.as_str()), None, ports);
-    service.metadata.annotations.user = Some(&spec.service.annotations);
+        service(owner, &names::file_service(&owner.name), json!({"type": kind, "ports": ports}));
+    // A user annotation named like the applied hash is overwritten by it when applied.
+    for (key, value) in &spec.service.annotations {
+        annotate(&mut service["metadata"], key, value);
+    }
     service
 }
 
 /// `<name>-api`: the REST control plane.
-pub fn api<'a>(owner: &'a Primary, spec: &DittoServerSpec) -> Service<'a> {
-    service(owner, names::api_service(&owner.name), None, None, vec![port("api", spec.control_plane.port)])
+pub fn api(owner: &Primary, spec: &DittoServerSpec) -> Value {
+    let ports = [port("api", spec.control_plane.port)];
+    service(owner, &names::api_service(&owner.name), json!({"ports": ports}))
 }
 
 /// `<name>-metrics`: the Prometheus endpoint.
-pub fn metrics<'a>(owner: &'a Primary, spec: &DittoServerSpec) -> Service<'a> {
-    service(owner, names::metrics_service(&owner.name), None, None, vec![port("metrics", spec.metrics.port)])
+pub fn metrics(owner: &Primary, spec: &DittoServerSpec) -> Value {
+    let ports = [port("metrics", spec.metrics.port)];
+    service(owner, &names::metrics_service(&owner.name), json!({"ports": ports}))
 }

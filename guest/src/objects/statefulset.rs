@@ -8,21 +8,15 @@
 //! are taken from the observed object ([`Claim::from_observed`]), so that a changed
 //! storage size in the spec does not turn every later apply into a rejected one.
 
-use std::borrow::Cow;
-
 use serde::Deserialize;
+use serde_json::{Value, json};
 
-use super::model::{
-    ClaimSpec, ClaimTemplate, ConfigVolume, Container, ContainerPort, EnvVar, Labels, NameOnly, NamedRef,
-    PodAnnotations, PodMeta, PodSecurity, PodSelector, PodSpec, PodTemplate, Probe, RetentionPolicy,
-    SecretKeyRef, SecretSource, Selector, StatefulSet, StatefulSetSpec, Storage, StorageRequest, TcpSocket,
-    VolumeMount,
-};
+use super::{labels, pod_selector};
 use crate::api::DittoServerSpec;
 use crate::input::Primary;
 use crate::lenient::Object;
 use crate::meta::Related;
-use crate::names;
+use crate::names::{self, CONFIG_HASH_ANNOTATION};
 
 /// The group the server runs with when the spec sets no pod security context, so
 /// that it can write its volumes.
@@ -116,115 +110,99 @@ impl Claim {
         }
     }
 
-    fn template(&self) -> ClaimTemplate<'_> {
-        ClaimTemplate {
-            metadata: NameOnly { name: &self.name },
-            spec: ClaimSpec {
-                access_modes: &self.access_modes,
-                resources: StorageRequest { requests: Storage { storage: &self.size } },
-                storage_class_name: self.storage_class_name.as_deref(),
-            },
+    fn template(&self) -> Value {
+        let mut spec = json!({
+            "accessModes": self.access_modes,
+            "resources": {"requests": {"storage": self.size}},
+        });
+        if let Some(class) = &self.storage_class_name {
+            spec["storageClassName"] = class.as_str().into();
         }
+        json!({"metadata": {"name": self.name}, "spec": spec})
     }
 }
 
 /// The StatefulSet of `owner`, with `claims` and the pod annotation `config_hash`.
-pub fn build<'a>(
-    owner: &'a Primary,
-    spec: &'a DittoServerSpec,
-    config_hash: &'a str,
-    claims: &'a [Claim],
-) -> StatefulSet<'a> {
+pub fn build(owner: &Primary, spec: &DittoServerSpec, config_hash: &str, claims: &[Claim]) -> Value {
+    let name = &owner.name;
     let security_context = match &spec.pod_security_context {
-        Some(context) => PodSecurity::Spec(&context.object),
-        None => PodSecurity::Default { fs_group: DEFAULT_FS_GROUP },
+        Some(context) => Value::Object(context.object.clone()),
+        None => json!({"fsGroup": DEFAULT_FS_GROUP}),
     };
-    StatefulSet {
-        api_version: "apps/v1",
-        kind: "StatefulSet",
-        metadata: owner.metadata(owner.name.clone()),
-        spec: StatefulSetSpec {
-            replicas: spec.replicas,
-            service_name: names::headless_service(&owner.name),
-            selector: Selector { match_labels: PodSelector::of(&owner.name) },
-            template: PodTemplate {
-                metadata: PodMeta {
-                    labels: Labels::of(&owner.name),
-                    annotations: PodAnnotations { config_hash },
-                },
-                spec: PodSpec {
-                    security_context,
-                    init_containers: spec.percona.enabled.then(|| [wait_for_postgres(&owner.name)]),
-                    containers: [server_container(&owner.name, spec, claims)],
-                    volumes: [ConfigVolume {
-                        name: "config",
-                        config_map: NamedRef { name: names::config_map(&owner.name) },
-                    }],
-                },
-            },
-            volume_claim_templates: claims.iter().map(Claim::template).collect(),
-            persistent_volume_claim_retention_policy: RetentionPolicy {
-                when_deleted: "Retain",
-                when_scaled: "Retain",
-            },
-        },
+    let mut pod = json!({
+        "securityContext": security_context,
+        "containers": [server_container(name, spec, claims)],
+        "volumes": [{"name": "config", "configMap": {"name": names::config_map(name)}}],
+    });
+    if spec.percona.enabled {
+        pod["initContainers"] = json!([wait_for_postgres(name)]);
     }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": owner.metadata(name),
+        "spec": {
+            "replicas": spec.replicas,
+            "serviceName": names::headless_service(name),
+            "selector": {"matchLabels": pod_selector(name)},
+            "template": {
+                "metadata": {"labels": labels(name), "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
+                "spec": pod,
+            },
+            "volumeClaimTemplates": claims.iter().map(Claim::template).collect::<Vec<_>>(),
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        },
+    })
 }
 
-fn server_container<'a>(name: &'a str, spec: &'a DittoServerSpec, claims: &'a [Claim]) -> Container<'a> {
-    let mut ports =
-        vec![container_port("nfs", spec.nfs_port), container_port("api", spec.control_plane.port)];
+fn server_container(name: &str, spec: &DittoServerSpec, claims: &[Claim]) -> Value {
+    let port = |name: &str, number: i32| json!({"name": name, "containerPort": number, "protocol": "TCP"});
+    let mut ports = vec![port("nfs", spec.nfs_port), port("api", spec.control_plane.port)];
     if spec.metrics.enabled {
-        ports.push(container_port("metrics", spec.metrics.port));
+        ports.push(port("metrics", spec.metrics.port));
     }
     if spec.smb.enabled {
-        ports.push(container_port("smb", spec.smb.port));
+        ports.push(port("smb", spec.smb.port));
     }
-    let mut mounts = vec![VolumeMount { name: "config", mount_path: "/config", read_only: Some(true) }];
-    mounts.extend(claims.iter().filter_map(|claim| {
-        Some(VolumeMount { name: &claim.name, mount_path: claim.mount_path()?, read_only: None })
-    }));
-    let tcp_probe = |initial_delay_seconds, period_seconds| Probe {
-        tcp_socket: TcpSocket { port: "nfs" },
-        initial_delay_seconds,
-        period_seconds,
-    };
-    Container {
-        name: "dittofs",
-        image: &spec.image,
-        command: vec!["/app/dittofs"],
-        args: vec!["start", "--config", "/config/config.yaml"],
-        ports,
-        env: environment(name, spec),
-        liveness_probe: Some(tcp_probe(30, 10)),
-        readiness_probe: Some(tcp_probe(10, 5)),
-        resources: spec.resources.as_ref().map(|r| &r.object),
-        security_context: spec.security_context.as_ref().map(|c| &c.object),
-        volume_mounts: mounts,
+    let mut mounts = vec![json!({"name": "config", "mountPath": "/config", "readOnly": true})];
+    mounts.extend(
+        claims.iter().filter_map(|claim| Some(json!({"name": claim.name, "mountPath": claim.mount_path()?}))),
+    );
+    let tcp_probe = |initial_delay: i32, period: i32| json!({"tcpSocket": {"port": "nfs"}, "initialDelaySeconds": initial_delay, "periodSeconds": period});
+    let mut container = json!({
+        "name": "dittofs",
+        "image": spec.image,
+        "command": ["/app/dittofs"],
+        "args": ["start", "--config", "/config/config.yaml"],
+        "ports": ports,
+        "livenessProbe": tcp_probe(30, 10),
+        "readinessProbe": tcp_probe(10, 5),
+        "volumeMounts": mounts,
+    });
+    let env = environment(name, spec);
+    if !env.is_empty() {
+        container["env"] = env.into();
     }
+    if let Some(resources) = &spec.resources {
+        container["resources"] = Value::Object(resources.object.clone());
+    }
+    if let Some(context) = &spec.security_context {
+        container["securityContext"] = Value::Object(context.object.clone());
+    }
+    container
 }
 
-fn container_port(name: &'static str, number: i32) -> ContainerPort {
-    ContainerPort { name, container_port: number, protocol: "TCP" }
-}
-
-fn from_secret<'a>(
-    env: &'static str,
-    secret: impl Into<Cow<'a, str>>,
-    key: &'a str,
-    optional: bool,
-) -> EnvVar<'a> {
-    EnvVar {
-        name: env,
-        value: None,
-        value_from: Some(SecretSource {
-            secret_key_ref: SecretKeyRef { name: secret.into(), key, optional: optional.then_some(true) },
-        }),
+/// The variable `env` read from `key` of the Secret `secret`.
+fn from_secret(env: &str, secret: &str, key: &str, optional: bool) -> Value {
+    let mut reference = json!({"name": secret, "key": key});
+    if optional {
+        reference["optional"] = true.into();
     }
+    json!({"name": env, "valueFrom": {"secretKeyRef": reference}})
 }
 
 /// The server's environment: every secret, by reference.
-fn environment<'a>(name: &str, spec: &'a DittoServerSpec) -> Vec<EnvVar<'a>> {
+fn environment(name: &str, spec: &DittoServerSpec) -> Vec<Value> {
     let mut env = Vec::new();
     if let Some(jwt) = &spec.identity.jwt {
         env.push(from_secret(
@@ -238,7 +216,7 @@ fn environment<'a>(name: &str, spec: &'a DittoServerSpec) -> Vec<EnvVar<'a>> {
         env.push(from_secret("DITTOFS_ADMIN_INITIAL_PASSWORD", &password.name, &password.key, false));
     }
     if spec.percona.enabled {
-        env.push(from_secret("DATABASE_URL", names::percona_user_secret(name), "uri", false));
+        env.push(from_secret("DATABASE_URL", &names::percona_user_secret(name), "uri", false));
     } else if let Some(postgres) = &spec.database.postgres_secret_ref {
         for (var, key, optional) in [
             ("DITTOFS_DATABASE_POSTGRES_HOST", "host", false),
@@ -248,7 +226,7 @@ fn environment<'a>(name: &str, spec: &'a DittoServerSpec) -> Vec<EnvVar<'a>> {
             ("DITTOFS_DATABASE_POSTGRES_PORT", "port", true),
             ("DITTOFS_DATABASE_POSTGRES_SSLMODE", "sslmode", true),
         ] {
-            env.push(from_secret(var, postgres.name.as_str(), key, optional));
+            env.push(from_secret(var, &postgres.name, key, optional));
         }
     }
     if let Some(s3) = &spec.s3 {
@@ -257,14 +235,15 @@ fn environment<'a>(name: &str, spec: &'a DittoServerSpec) -> Vec<EnvVar<'a>> {
         env.push(from_secret("AWS_ACCESS_KEY_ID", secret, &credentials.access_key_id_key, false));
         env.push(from_secret("AWS_SECRET_ACCESS_KEY", secret, &credentials.secret_access_key_key, false));
         env.push(from_secret("AWS_ENDPOINT_URL", secret, &credentials.endpoint_key, true));
-        env.push(EnvVar { name: "AWS_REGION", value: Some(&s3.region), value_from: None });
+        env.push(json!({"name": "AWS_REGION", "value": s3.region}));
     }
     env
 }
 
 /// Waits until the Percona cluster accepts connections as the DittoFS user.
-fn wait_for_postgres(name: &str) -> Container<'static> {
-    let env = [
+fn wait_for_postgres(name: &str) -> Value {
+    let secret = names::percona_user_secret(name);
+    let env: Vec<Value> = [
         ("PGHOST", "host"),
         ("PGPORT", "port"),
         ("PGUSER", "user"),
@@ -272,18 +251,17 @@ fn wait_for_postgres(name: &str) -> Container<'static> {
         ("PGDATABASE", "dbname"),
     ]
     .into_iter()
-    .map(|(var, key)| from_secret(var, names::percona_user_secret(name), key, false))
+    .map(|(var, key)| from_secret(var, &secret, key, false))
     .collect();
-    Container {
-        name: "wait-for-postgres",
-        image: POSTGRES_WAIT_IMAGE,
-        command: vec![
+    json!({
+        "name": "wait-for-postgres",
+        "image": POSTGRES_WAIT_IMAGE,
+        "command": [
             "/bin/sh",
             "-c",
             "until pg_isready -h \"$PGHOST\" -p \"$PGPORT\" -U \"$PGUSER\" -d \"$PGDATABASE\" -t 5; do \
              echo \"waiting for PostgreSQL at $PGHOST:$PGPORT\"; sleep 2; done",
         ],
-        env,
-        ..Container::default()
-    }
+        "env": env,
+    })
 }
