@@ -128,6 +128,12 @@ impl ObjectStore {
         self.objects.keys().cloned().collect()
     }
 
+    /// Every finalizer some stored object carries, once each.
+    pub fn finalizers(&self) -> Vec<String> {
+        let all = self.objects.values().flat_map(|obj| obj.metadata.finalizers.iter().flatten());
+        all.cloned().collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
     /// How many objects are stored.
     pub fn len(&self) -> usize {
         self.objects.len()
@@ -242,20 +248,42 @@ impl RelatedStore {
     }
 }
 
-/// Whether `obj` is associated with the primary `primary` (uid `primary_uid`) under
-/// `owner_label` (docs/abi.md, *Host semantics*): same namespace, `owner_label: <primary name>`, and no
-/// controller ownerReference to anything but the primary's uid. The kind is the
-/// caller's to check.
-pub fn is_associated(obj: &DynamicObject, owner_label: &str, primary: &ObjectKey, primary_uid: &str) -> bool {
-    let same_namespace = obj.metadata.namespace.as_deref().unwrap_or_default() == primary.namespace;
-    let labelled = obj.metadata.labels.as_ref().and_then(|l| l.get(owner_label)) == Some(&primary.name);
-    let foreign_controller = obj
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .any(|r| r.controller == Some(true) && r.uid != primary_uid);
-    same_namespace && labelled && !foreign_controller
+/// Whose objects a module's are: the manifest's owner label and field manager, and
+/// the primary (namespace, name and uid).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    /// The manifest's owner label.
+    pub label: &'a str,
+    /// The manifest's field manager.
+    pub field_manager: &'a str,
+    /// The primary's namespace and name.
+    pub primary: &'a ObjectKey,
+    /// The primary's uid.
+    pub uid: &'a str,
+}
+
+/// Whether `obj` is associated with (is one of) the primary's objects (docs/abi.md,
+/// *Host semantics*): same namespace, `owner_label: <primary name>`, no controller
+/// ownerReference to anything but the primary, and made by the module: a controller
+/// ownerReference to the primary, or the manifest's field manager in its
+/// `managedFields`. A labelled object someone else made (kubectl, Helm) is never
+/// the module's. The kind is the caller's to check.
+pub fn is_associated(obj: &DynamicObject, owner: &Owner<'_>) -> bool {
+    let same_namespace = obj.metadata.namespace.as_deref().unwrap_or_default() == owner.primary.namespace;
+    let labelled = obj.metadata.labels.as_ref().and_then(|l| l.get(owner.label)) == Some(&owner.primary.name);
+    let controllers =
+        || obj.metadata.owner_references.iter().flatten().filter(|r| r.controller == Some(true));
+    let foreign_controller = controllers().any(|r| r.uid != owner.uid);
+    let controlled = controllers().any(|r| r.uid == owner.uid);
+    same_namespace
+        && labelled
+        && !foreign_controller
+        && (controlled || is_managed_by(obj, owner.field_manager))
+}
+
+/// Whether `field_manager` has an entry in `obj`'s `managedFields`.
+pub fn is_managed_by(obj: &DynamicObject, field_manager: &str) -> bool {
+    obj.metadata.managed_fields.iter().flatten().any(|entry| entry.manager.as_deref() == Some(field_manager))
 }
 
 /// An object a primary asked for by name.
@@ -314,6 +342,7 @@ impl RequirementIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
     use serde_json::json;
 
     const LABEL: &str = "example.com/owner";
@@ -376,21 +405,35 @@ mod tests {
         assert_eq!(names(&store.claimed_by(&ObjectKey::new("a", "q"))), ["new"]);
     }
 
+    fn managed(mut obj: DynamicObject, manager: &str) -> DynamicObject {
+        obj.metadata.managed_fields =
+            Some(vec![ManagedFieldsEntry { manager: Some(manager.into()), ..ManagedFieldsEntry::default() }]);
+        obj
+    }
+
     #[test]
-    fn association_requires_namespace_label_and_no_foreign_controller() {
+    fn association_requires_namespace_label_no_foreign_controller_and_the_module_as_maker() {
         let primary = ObjectKey::new("a", "p");
-        assert!(is_associated(&obj("a", "x", Some("p"), None), LABEL, &primary, "uid-p"));
-        assert!(is_associated(&obj("a", "x", Some("p"), Some("uid-p")), LABEL, &primary, "uid-p"));
-        assert!(!is_associated(&obj("a", "x", Some("p"), Some("uid-other")), LABEL, &primary, "uid-p"));
-        assert!(!is_associated(&obj("b", "x", Some("p"), None), LABEL, &primary, "uid-p"));
-        assert!(!is_associated(&obj("a", "x", Some("q"), None), LABEL, &primary, "uid-p"));
-        assert!(!is_associated(&obj("a", "x", None, None), LABEL, &primary, "uid-p"));
-        // A non-controller reference to someone else does not break the association.
+        let owner = Owner { label: LABEL, field_manager: "module", primary: &primary, uid: "uid-p" };
+        let associated = |obj: DynamicObject| is_associated(&obj, &owner);
+        // Made by the module: its field manager, or a controller reference to the primary.
+        assert!(associated(managed(obj("a", "x", Some("p"), None), "module")));
+        assert!(associated(obj("a", "x", Some("p"), Some("uid-p"))));
+        // Labelled, but made by someone else (kubectl, Helm): never the module's.
+        assert!(!associated(obj("a", "x", Some("p"), None)));
+        assert!(!associated(managed(obj("a", "x", Some("p"), None), "kubectl-create")));
+        assert!(!associated(managed(obj("a", "x", Some("p"), Some("uid-other")), "module")));
+        assert!(!associated(managed(obj("b", "x", Some("p"), None), "module")));
+        assert!(!associated(managed(obj("a", "x", Some("q"), None), "module")));
+        assert!(!associated(managed(obj("a", "x", None, None), "module")));
+        // A non-controller reference to someone else does not break the association,
+        // and does not make the object the primary's either.
         let mut shared = obj("a", "x", Some("p"), Some("uid-other"));
         if let Some(refs) = shared.metadata.owner_references.as_mut() {
             refs[0].controller = Some(false);
         }
-        assert!(is_associated(&shared, LABEL, &primary, "uid-p"));
+        assert!(!associated(shared.clone()));
+        assert!(associated(managed(shared, "module")));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::discovery::{KindLookup, KindRegistry, resolve};
 use super::index::{KindKey, ObjectKey, ObjectStore, RelatedStore, RequirementIndex, RequirementTarget};
 use crate::queue::{Cause, WorkQueue};
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -101,6 +102,11 @@ impl Caches {
         read(&self.primaries).keys()
     }
 
+    /// Every finalizer a cached primary carries, once each.
+    pub fn primary_finalizers(&self) -> Vec<String> {
+        read(&self.primaries).finalizers()
+    }
+
     /// The cached objects of every related kind claiming `primary` by the owner label.
     pub fn claimed_by(&self, primary: &ObjectKey) -> Vec<(KindKey, Arc<DynamicObject>)> {
         let related = read(&self.related);
@@ -178,6 +184,7 @@ struct WatchContext {
     client: Client,
     scope: Scope,
     owner_label: String,
+    field_manager: String,
     caches: Arc<Caches>,
     queue: Arc<WorkQueue<ObjectKey>>,
 }
@@ -196,6 +203,7 @@ pub fn start(
         client,
         scope,
         owner_label: manifest.owner_label.clone(),
+        field_manager: manifest.field_manager.clone(),
         caches: caches.clone(),
         queue,
     };
@@ -246,9 +254,24 @@ where
     }
 }
 
-fn strip(obj: &mut DynamicObject) {
-    // Never read by the host or passed to a module: not worth the memory.
-    obj.metadata.managed_fields = None;
+/// Drops what the host never reads from a cached object: every `managedFields` entry
+/// but a bare one (manager and operation) for the module's field manager, which is
+/// what shows the object as made by the module ([`crate::cluster::index::is_associated`]).
+fn strip(obj: &mut DynamicObject, field_manager: &str) {
+    let ours = obj
+        .metadata
+        .managed_fields
+        .take()
+        .into_iter()
+        .flatten()
+        .find(|entry| entry.manager.as_deref() == Some(field_manager));
+    obj.metadata.managed_fields = ours.map(|entry| {
+        vec![ManagedFieldsEntry {
+            manager: entry.manager,
+            operation: entry.operation,
+            ..ManagedFieldsEntry::default()
+        }]
+    });
 }
 
 /// Marks one watch synced, once.
@@ -275,7 +298,7 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource) {
     while let Some(event) = stream.next().await {
         match event {
             Event::Apply(mut obj) => {
-                strip(&mut obj);
+                strip(&mut obj, &ctx.field_manager);
                 let key = ObjectKey::of(&obj);
                 write(&ctx.caches.primaries).apply(obj);
                 if let Some(key) = key {
@@ -291,7 +314,7 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource) {
             }
             Event::Init => buffer.clear(),
             Event::InitApply(mut obj) => {
-                strip(&mut obj);
+                strip(&mut obj, &ctx.field_manager);
                 buffer.push(obj);
             }
             Event::InitDone => {
@@ -318,7 +341,7 @@ async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource) 
             let store = related.entry(kind.clone()).or_insert_with(|| RelatedStore::new(&ctx.owner_label));
             match event {
                 Event::Apply(mut obj) => {
-                    strip(&mut obj);
+                    strip(&mut obj, &ctx.field_manager);
                     let key = ObjectKey::of(&obj);
                     (store.apply(obj), key.into_iter().collect())
                 }
@@ -331,7 +354,7 @@ async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource) 
                     (Vec::new(), Vec::new())
                 }
                 Event::InitApply(mut obj) => {
-                    strip(&mut obj);
+                    strip(&mut obj, &ctx.field_manager);
                     buffer.push(obj);
                     (Vec::new(), Vec::new())
                 }

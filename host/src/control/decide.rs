@@ -12,7 +12,7 @@
 //!
 //! Nothing here writes to the cluster.
 
-use crate::cluster::index::is_associated;
+use crate::cluster::index::{Owner, is_associated};
 use crate::cluster::{KindKey, KindLookup, KindRegistry, PrimaryTarget};
 use crate::module::{Module, ModuleCallError};
 use crate::observe::Metrics;
@@ -110,8 +110,14 @@ pub fn build_view(
     let object = snapshot::object_value(to_value(&primary.object), &manifest.primary);
     let mut related = Vec::new();
     let mut associated = HashSet::new();
+    let owner = Owner {
+        label: &manifest.owner_label,
+        field_manager: &manifest.field_manager,
+        primary: &primary.key,
+        uid: &primary.uid,
+    };
     for (kind, obj) in claimed {
-        if !is_associated(obj, &manifest.owner_label, &primary.key, &primary.uid) {
+        if !is_associated(obj, &owner) {
             continue;
         }
         let decl = match kinds.lookup(kind) {

@@ -20,7 +20,7 @@
 //!   remove, an unchanged status, an object already gone) issues no request;
 //! - every mutating request is counted in `wasm_operator_writes_total`.
 
-use crate::cluster::index::is_associated;
+use crate::cluster::index::{Owner, is_associated};
 use crate::cluster::{KindKey, KindLookup, KindRegistry, PrimaryTarget};
 use crate::observe::Metrics;
 use crate::policy::Rejection;
@@ -297,7 +297,13 @@ impl Executor {
         else {
             return Ok(None);
         };
-        if !is_associated(&obj, &manifest.owner_label, &primary.key, &primary.uid) {
+        let owner = Owner {
+            label: &manifest.owner_label,
+            field_manager: &manifest.field_manager,
+            primary: &primary.key,
+            uid: &primary.uid,
+        };
+        if !is_associated(&obj, &owner) {
             return Err(ActionError::Rejected(Box::new(Rejection::NotAssociated {
                 op,
                 kind: kind.clone(),
