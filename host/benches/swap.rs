@@ -66,7 +66,7 @@ async fn bench() -> Result<()> {
         leader: None,
         backoff: Backoff::default(),
         instance: Some("bench".into()),
-        outcome_limits: Default::default(),
+        policy: Default::default(),
     };
     let op = start_from_source(
         client.clone(),

@@ -19,7 +19,8 @@
 //! - `control/`: reconciling: decide (snapshot, module calls, requirements), one
 //!   attempt (confine, pre-check, execute), the verdict, backoff, the Lease, and the
 //!   capture of a live snapshot.
-//! - `policy/`: what a module may do: confinement of actions and requirements, and
+//! - `policy/`: what a module may do: the administrator's policy (kinds, Secrets, Pod
+//!   Security, outcome caps), confinement of actions and requirements, and
 //!   least-privilege RBAC derived from a manifest.
 //! - `execute/`: actions as API requests.
 //! - `lifecycle/`: where modules come from (file, ConfigMap) and the hot swap.
@@ -58,5 +59,8 @@ pub use lifecycle::{
 pub use module::{ActiveModule, LoadedModuleInfo, Module, ModuleCallError, ModuleRejection, WasmModule};
 pub use observe::{ActionLabels, Metrics, ModuleLabels, OpLabels, ResultLabels};
 pub use operator::{OperatorConfig, RunningOperator, StartError, start_from_source};
-pub use policy::{OutcomeLimits, OutcomeTooLarge, Rejection};
+pub use policy::{
+    AdminPolicy, GroupKind, OutcomeLimits, OutcomeTooLarge, PodSecurityLevel, PolicyViolation, Rejection,
+    Violation, WorkloadPolicy,
+};
 pub use queue::Cause;

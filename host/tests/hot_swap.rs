@@ -161,7 +161,7 @@ fn config(namespace: &str) -> OperatorConfig {
         leader: None,
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("hot-swap-test".into()),
-        outcome_limits: Default::default(),
+        policy: Default::default(),
     }
 }
 

@@ -480,7 +480,7 @@ async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> 
             leader: Some(lease),
             backoff: Default::default(),
             instance: Some(identity.into()),
-            outcome_limits: Default::default(),
+            policy: Default::default(),
         };
         let client = client.clone();
         async move {
@@ -682,7 +682,7 @@ async fn the_label_selector_scopes_which_primaries_are_reconciled() -> Result<()
         leader: None,
         backoff: Default::default(),
         instance: None,
-        outcome_limits: Default::default(),
+        policy: Default::default(),
     };
     let op = RunningOperator::start(client.clone(), "the test cluster", module.clone(), config).await?;
     wait_ready(&op).await?;

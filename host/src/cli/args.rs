@@ -2,9 +2,9 @@
 //! configuration types. Nothing outside `cli/` sees these structs.
 
 use crate::lifecycle::ConfigMapSource;
-use crate::policy::OutcomeLimits;
+use crate::policy::{AdminPolicy, GroupKind, OutcomeLimits, PodSecurityLevel, WorkloadPolicy};
 use crate::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -105,6 +105,64 @@ pub struct RunArgs {
     /// Caps on what one outcome may hold.
     #[command(flatten)]
     pub outcome: OutcomeArgs,
+    /// What any module may do, whatever its manifest asks for.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// The administrator's policy: what any module may do. A manifest can ask for less,
+/// never for more; a module that needs more is refused at start and at hot swap.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Allow modules to write a kind refused by default (RBAC, ServiceAccounts, Pods,
+    /// admission, CRDs, certificates, Nodes), as GROUP/KIND, e.g. core/Pod or
+    /// rbac.authorization.k8s.io/RoleBinding. Repeatable.
+    #[arg(long = "allow-kind", value_name = "GROUP/KIND", value_parser = GroupKind::parse)]
+    pub allow_kinds: Vec<GroupKind>,
+    /// Allow modules to own Secrets (list Secret in `related`), and so to see and write
+    /// their values. Without it, every Secret a module reads is digested.
+    #[arg(long)]
+    pub allow_secret_values: bool,
+    /// The Pod Security Standard every applied pod template must meet; `privileged`
+    /// turns the check off.
+    #[arg(long, value_enum, default_value_t = PodSecurity::Baseline, value_name = "LEVEL")]
+    pub pod_security: PodSecurity,
+    /// A ServiceAccount pod templates may name besides `default`. Repeatable.
+    #[arg(long = "allow-service-account", value_name = "NAME")]
+    pub allow_service_accounts: Vec<String>,
+}
+
+/// `--pod-security`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PodSecurity {
+    /// No pod-security check.
+    Privileged,
+    /// The baseline standard: no known privilege escalation.
+    Baseline,
+    /// The restricted standard: hardened pods.
+    Restricted,
+}
+
+impl PolicyArgs {
+    /// The policy these flags describe, with the outcome caps.
+    pub fn policy(&self, outcome: &OutcomeArgs) -> AdminPolicy {
+        self.policy_with(outcome.limits())
+    }
+
+    /// The policy these flags describe, with `outcome` as the caps.
+    pub fn policy_with(&self, outcome: OutcomeLimits) -> AdminPolicy {
+        let level = match self.pod_security {
+            PodSecurity::Privileged => PodSecurityLevel::Privileged,
+            PodSecurity::Baseline => PodSecurityLevel::Baseline,
+            PodSecurity::Restricted => PodSecurityLevel::Restricted,
+        };
+        AdminPolicy {
+            allowed_kinds: self.allow_kinds.clone(),
+            allow_secret_values: self.allow_secret_values,
+            workload: WorkloadPolicy { level, allowed_service_accounts: self.allow_service_accounts.clone() },
+            outcome,
+        }
+    }
 }
 
 /// What one outcome may hold; an outcome over a cap is a module failure, reported and
@@ -199,6 +257,29 @@ pub struct RbacArgs {
     /// Also grant reading this ConfigMap of the operator's namespace, the module's source.
     #[arg(long, value_name = "NAME")]
     pub module_configmap: Option<String>,
+    /// Limits of the module sandbox.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// `wasm-operator admission-policy`.
+#[derive(Debug, Clone, Args)]
+pub struct AdmissionArgs {
+    /// The module (a `.wasm` file).
+    #[arg(long, value_name = "PATH")]
+    pub module: PathBuf,
+    /// The ServiceAccount the operator runs as: the policy applies to its requests only.
+    #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
+    pub service_account: String,
+    /// The namespace the operator runs in (its ServiceAccount and Lease).
+    #[arg(long, default_value = "wasm-operator", value_name = "NS")]
+    pub operator_namespace: String,
+    /// Name of the policy and its binding. Default: wasm-operator-<module name>.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The policy the operator runs with (the same flags as `run`'s).
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Limits of the module sandbox.
     #[command(flatten)]
     pub sandbox: SandboxArgs,

@@ -46,7 +46,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         leader,
         backoff: Backoff::default(),
         instance: Some(instance),
-        outcome_limits: args.outcome.limits(),
+        policy: args.policy.policy(&args.outcome),
     };
     let operator = tokio::select! {
         operator = start_from_source(client, &server, &source, &sandbox, config) => {

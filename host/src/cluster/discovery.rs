@@ -119,6 +119,18 @@ pub async fn resolve(
     }
 }
 
+/// How the host reads `kind` from `role`'s list: a core Secret in `reads` is always
+/// digested, whatever the manifest's `digestOnly` says, so that no manifest (and no
+/// hot swap) can bring Secret values into the sandbox. (A Secret in `related` is
+/// refused by the administrator's policy unless `--allow-secret-values`.)
+pub fn read_as_declared(role: &str, kind: &KindRef) -> KindRef {
+    let mut kind = kind.clone();
+    if role == "reads" && kind.api_version == "v1" && kind.kind == "Secret" {
+        kind.digest_only = true;
+    }
+    kind
+}
+
 /// The manifest's kinds and, for each, the resource the API server serves for it
 /// (`None` while an optional kind is absent).
 #[derive(Debug)]
@@ -175,7 +187,7 @@ impl KindRegistry {
                 tracing::warn!(kind = %kind.kind, api_version = %kind.api_version,
                     "optional kind is not served; watching nothing for it until its CRD appears");
             }
-            kinds.insert(key, (kind.clone(), resource));
+            kinds.insert(key, (read_as_declared(role, kind), resource));
         }
         Ok(Self { primary, kinds: RwLock::new(kinds) })
     }

@@ -196,7 +196,7 @@ impl<'a> Attempt<'a> {
 
     /// The outcome's batch; an `error` outcome stops the attempt.
     fn batch(&self, decision: &mut Decision) -> Result<Batch, Stop> {
-        check_outcome(&decision.outcome, self.controller.outcome_limits()).map_err(Stop::TooLarge)?;
+        check_outcome(&decision.outcome, &self.controller.policy().outcome).map_err(Stop::TooLarge)?;
         let taken =
             Outcome::Actions { actions: Vec::new(), requires: Vec::new(), requeue_after_seconds: None };
         let (actions, requires, requeue) = match std::mem::replace(&mut decision.outcome, taken) {
@@ -233,12 +233,17 @@ impl<'a> Attempt<'a> {
     fn confine(&self, batch: &Batch, decision: &Decision, primary: &PrimaryTarget) -> Result<(), Stop> {
         let rights = PrimaryRef { key: self.key, uid: &primary.uid };
         for action in &batch.actions {
-            check_action(action, self.manifest(), rights, &decision.associated).map_err(|rejection| {
-                Stop::Rejected {
-                    op: action.op(),
-                    rejection: Box::new(rejection),
-                    primary: Box::new(primary.clone()),
-                }
+            check_action(
+                action,
+                self.manifest(),
+                &self.controller.policy().workload,
+                rights,
+                &decision.associated,
+            )
+            .map_err(|rejection| Stop::Rejected {
+                op: action.op(),
+                rejection: Box::new(rejection),
+                primary: Box::new(primary.clone()),
             })?;
         }
         Ok(())

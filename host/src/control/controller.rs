@@ -22,7 +22,7 @@ use crate::error_chain;
 use crate::execute::Executor;
 use crate::module::ActiveModule;
 use crate::observe::Metrics;
-use crate::policy::OutcomeLimits;
+use crate::policy::AdminPolicy;
 use crate::queue::{Cause, WorkQueue};
 use arc_swap::ArcSwap;
 use futures::FutureExt as _;
@@ -101,7 +101,7 @@ pub struct Controller {
     queue: Arc<WorkQueue<ObjectKey>>,
     failures: Mutex<Failures<ObjectKey>>,
     metrics: Arc<Metrics>,
-    outcome_limits: OutcomeLimits,
+    policy: AdminPolicy,
     clock: fn() -> SystemTime,
 }
 
@@ -120,7 +120,7 @@ impl Controller {
         queue: Arc<WorkQueue<ObjectKey>>,
         metrics: Arc<Metrics>,
         backoff: Backoff,
-        outcome_limits: OutcomeLimits,
+        policy: AdminPolicy,
     ) -> Self {
         Self {
             client,
@@ -129,7 +129,7 @@ impl Controller {
             queue,
             failures: Mutex::new(Failures::new(backoff)),
             metrics,
-            outcome_limits,
+            policy,
             clock: SystemTime::now,
         }
     }
@@ -165,9 +165,9 @@ impl Controller {
         &self.metrics
     }
 
-    /// The caps on one outcome.
-    pub fn outcome_limits(&self) -> &OutcomeLimits {
-        &self.outcome_limits
+    /// The administrator's policy: the caps on one outcome and the workload rules.
+    pub fn policy(&self) -> &AdminPolicy {
+        &self.policy
     }
 
     /// The host's clock now.

@@ -17,7 +17,7 @@ use crate::execute::Executor;
 use crate::lifecycle::{LoadFileError, ModuleSource, SourceState, Swapper, load_file, swap::SwapTarget};
 use crate::module::{ActiveModule, Module, WasmModule};
 use crate::observe::{HttpState, Metrics, ModuleLabels, http};
-use crate::policy::OutcomeLimits;
+use crate::policy::{AdminPolicy, PolicyViolation};
 use crate::queue::WorkQueue;
 use crate::runtime::{EngineError, ModuleCaller, SandboxConfig, SandboxEngine};
 use kube::Client;
@@ -41,8 +41,9 @@ pub struct OperatorConfig {
     pub backoff: Backoff,
     /// The events' reportingInstance.
     pub instance: Option<String>,
-    /// The caps on what one outcome may hold.
-    pub outcome_limits: OutcomeLimits,
+    /// What the administrator allows any module: kinds, Secrets, workload content,
+    /// the caps on one outcome.
+    pub policy: AdminPolicy,
 }
 
 /// Why the operator could not start.
@@ -57,6 +58,9 @@ pub enum StartError {
     /// The module source ended before it offered a valid module.
     #[error("the module source {0} ended before offering a valid module")]
     SourceEnded(String),
+    /// The module's manifest asks for a kind the administrator's policy refuses.
+    #[error("the module is refused")]
+    Policy(#[source] PolicyViolation),
     /// Discovery failed (primary CRD missing, cluster unreachable, ...).
     #[error(transparent)]
     Discovery(DiscoveryError),
@@ -97,6 +101,7 @@ pub async fn start_from_source(
         client.clone(),
         config.instance.clone(),
         metrics.clone(),
+        config.policy.clone(),
     );
     let (module, origin, rx, source_task) = match source {
         ModuleSource::File(path) => {
@@ -168,6 +173,7 @@ impl RunningOperator {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
         let manifest = module.manifest().clone();
+        config.policy.check_manifest(&manifest).map_err(StartError::Policy)?;
         let kinds = Arc::new(
             KindRegistry::discover(&client, server, &manifest).await.map_err(StartError::Discovery)?,
         );
@@ -199,7 +205,7 @@ impl RunningOperator {
             queue,
             metrics.clone(),
             config.backoff,
-            config.outcome_limits,
+            config.policy,
         ));
         let (shutdown, shutdown_rx) = channel::channel(false);
         let (http_addr, http_task) = match config.http_addr {

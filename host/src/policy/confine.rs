@@ -7,6 +7,7 @@
 //! and exhaustively unit-tested. The executor re-verifies association on a fresh read
 //! before a delete or an orphan, since the cache may lag.
 
+use super::pod_security::{Violation, WorkloadPolicy, check_object};
 use crate::cluster::{KindKey, ObjectKey};
 use reconcile_sdk::{Action, Manifest, Requirement};
 use serde_json::Value;
@@ -113,6 +114,17 @@ pub enum Rejection {
         /// The reason given.
         reason: String,
     },
+    /// `apply` of an object whose content the administrator's workload rules refuse
+    /// (Pod Security, ServiceAccount, Service `externalIPs`).
+    #[error("apply of {kind} {name:?}: {violation}")]
+    Workload {
+        /// The kind.
+        kind: KindKey,
+        /// The object's name.
+        name: String,
+        /// The refused field and the rule.
+        violation: Violation,
+    },
     /// A requirement of a kind neither in `reads` nor in `related`.
     #[error("requires {kind} {name:?}: the kind is in neither the manifest's reads nor its related kinds")]
     UnlistedRequirement {
@@ -130,6 +142,7 @@ pub enum Rejection {
 pub fn check_action(
     action: &Action,
     manifest: &Manifest,
+    workload: &WorkloadPolicy,
     primary: PrimaryRef<'_>,
     associated: &HashSet<(KindKey, String)>,
 ) -> Result<(), Rejection> {
@@ -141,7 +154,9 @@ pub fn check_action(
                 Err(Rejection::ForeignFinalizer { op: action.op(), finalizer: finalizer.clone() })
             }
         }
-        Action::Apply { object } => check_apply(object, manifest, primary),
+        Action::Apply { object } => {
+            check_apply(object, manifest, primary).and_then(|()| check_content(object, workload))
+        }
         Action::Delete { api_version, kind, name, .. } | Action::Orphan { api_version, kind, name } => {
             let kind = KindKey::new(api_version, kind);
             check_name(action.op(), &kind, name)?;
@@ -274,6 +289,17 @@ fn check_apply(object: &Value, manifest: &Manifest, primary: PrimaryRef<'_>) -> 
     }
 }
 
+/// Checks what an applied object contains against the administrator's workload rules.
+fn check_content(object: &Value, workload: &WorkloadPolicy) -> Result<(), Rejection> {
+    check_object(object, workload).map_err(|violation| {
+        // check_apply has found these present.
+        let field = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
+        let kind = KindKey::new(field(object.get("apiVersion")), field(object.get("kind")));
+        let name = field(object.get("metadata").and_then(|m| m.get("name")));
+        Rejection::Workload { kind, name, violation }
+    })
+}
+
 /// Checks one requirement against the module's rights: its kind must be in `reads` or
 /// `related` (the namespace is always the primary's).
 pub fn check_requirement(requirement: &Requirement, manifest: &Manifest) -> Result<(), Rejection> {
@@ -326,7 +352,13 @@ mod tests {
     fn check(action: Action) -> Result<(), Rejection> {
         let key = ObjectKey::new("ns", "p");
         let associated: HashSet<_> = [(KindKey::new("v1", "ConfigMap"), "p-config".to_owned())].into();
-        check_action(&action, &manifest(), PrimaryRef { key: &key, uid: UID }, &associated)
+        check_action(
+            &action,
+            &manifest(),
+            &WorkloadPolicy::default(),
+            PrimaryRef { key: &key, uid: UID },
+            &associated,
+        )
     }
 
     fn config_map(metadata: Value) -> Action {
@@ -469,11 +501,17 @@ mod tests {
             message: "m".into(),
         };
         for good in ["Ready", "CleanupTimeout", "Step2Done", &"A".repeat(MAX_REASON_BYTES)] {
-            assert_eq!(check_action(&event(good), &manifest, primary, &HashSet::new()), Ok(()), "{good}");
+            assert_eq!(
+                check_action(&event(good), &manifest, &WorkloadPolicy::default(), primary, &HashSet::new()),
+                Ok(()),
+                "{good}"
+            );
         }
         for bad in ["", "ready", "Two words", "Dotted.Reason", "Ünicode", &"A".repeat(MAX_REASON_BYTES + 1)]
         {
-            let err = check_action(&event(bad), &manifest, primary, &HashSet::new()).expect_err(bad);
+            let err =
+                check_action(&event(bad), &manifest, &WorkloadPolicy::default(), primary, &HashSet::new())
+                    .expect_err(bad);
             assert!(matches!(err, Rejection::BadEventReason { .. }), "{bad}: {err}");
         }
     }
@@ -497,7 +535,8 @@ mod tests {
         };
         let long = "a".repeat(254);
         for bad in ["svc/proxy", "..", "", "UPPER", "-lead", "trail-", "a..b", "x y", long.as_str()] {
-            let err = check_action(&delete(bad), &manifest, primary, &associated).expect_err(bad);
+            let err = check_action(&delete(bad), &manifest, &WorkloadPolicy::default(), primary, &associated)
+                .expect_err(bad);
             assert!(matches!(err, Rejection::InvalidName { op: "delete", .. }), "{bad}: {err}");
             let err = check_requirement(&requires("ConfigMap", bad), &manifest).expect_err(bad);
             assert!(matches!(err, Rejection::InvalidName { op: "requires", .. }), "{bad}: {err}");
@@ -516,7 +555,8 @@ mod tests {
             object: json!({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "a/status", "labels": {"example.com/owner": "p"}}}),
         };
-        let err = check_action(&apply, &manifest, primary, &associated).expect_err("a slash");
+        let err = check_action(&apply, &manifest, &WorkloadPolicy::default(), primary, &associated)
+            .expect_err("a slash");
         assert!(matches!(err, Rejection::InvalidName { op: "apply", .. }), "{err}");
     }
 }

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
-use wasm_operator::{Backoff, Module, ModuleCallError, OperatorConfig, RunningOperator, Scope, WasmModule};
+use wasm_operator::{
+    AdminPolicy, Backoff, Module, ModuleCallError, OperatorConfig, RunningOperator, Scope, WasmModule,
+};
 
 pub use e2e::{DEFAULT_TIMEOUT, TestNamespace, wait_until};
 
@@ -132,6 +134,16 @@ pub async fn start_operator(
     module: Arc<dyn Module>,
     namespace: &str,
 ) -> Result<RunningOperator> {
+    start_operator_with_policy(client, module, namespace, AdminPolicy::default()).await
+}
+
+/// [`start_operator`] under the administrator's `policy`.
+pub async fn start_operator_with_policy(
+    client: &Client,
+    module: Arc<dyn Module>,
+    namespace: &str,
+    policy: AdminPolicy,
+) -> Result<RunningOperator> {
     let config = OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
         concurrency: 4,
@@ -139,7 +151,7 @@ pub async fn start_operator(
         leader: None,
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("test".into()),
-        outcome_limits: Default::default(),
+        policy,
     };
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
