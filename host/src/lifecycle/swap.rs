@@ -40,6 +40,7 @@ use crate::error_chain;
 use crate::execute::Executor;
 use crate::module::{ActiveModule, LoadedModuleInfo, Module, ModuleRejection, WasmModule};
 use crate::observe::{Metrics, ModuleLabels};
+use crate::policy::AdminPolicy;
 use crate::queue::Cause;
 use crate::runtime::{LoadError, LoadedModule, ModuleCaller, SandboxEngine, digest};
 use k8s_openapi::api::authorization::v1::{SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
@@ -95,6 +96,48 @@ pub fn needs_new_wiring(old: &Manifest, new: &Manifest) -> bool {
         || old.field_manager != new.field_manager
 }
 
+/// Refuses a candidate that would widen the module's identity (docs/abi.md, *Hot swap
+/// acceptance checks*): another owner label, field manager or primary kind would let
+/// it claim objects that are not its own, or leave its own unmanaged; dropping a
+/// finalizer that primaries still carry (`carried`) would keep them from ever being
+/// deleted, since confinement only lets a module remove its own finalizers. The
+/// error is (reason, message).
+pub fn check_identity(
+    old: &Manifest,
+    new: &Manifest,
+    carried: &[String],
+) -> Result<(), (&'static str, String)> {
+    let changed = |field: &str, old: &str, new: &str| {
+        Err((
+            "identity",
+            format!(
+                "the candidate changes {field} from {old:?} to {new:?}; a hot swap cannot change the module's identity (restart the operator with the new module instead)"
+            ),
+        ))
+    };
+    if old.owner_label != new.owner_label {
+        return changed("ownerLabel", &old.owner_label, &new.owner_label);
+    }
+    if old.field_manager != new.field_manager {
+        return changed("fieldManager", &old.field_manager, &new.field_manager);
+    }
+    let kind = |m: &Manifest| format!("{} {}", m.primary.api_version, m.primary.kind);
+    if kind(old) != kind(new) {
+        return changed("the primary kind", &kind(old), &kind(new));
+    }
+    for finalizer in old.finalizers.iter().filter(|f| !new.finalizers.contains(f)) {
+        if carried.contains(finalizer) {
+            return Err((
+                "finalizer",
+                format!(
+                    "the candidate drops the finalizer {finalizer:?}, which primaries still carry: they could never finish deleting (keep it in the manifest until no primary carries it)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a swap changes in a running operator.
 #[derive(Clone)]
 pub struct SwapTarget {
@@ -123,6 +166,7 @@ pub struct Swapper {
     last_seen: Option<String>,
     last_missing: Option<String>,
     sync_timeout: Duration,
+    policy: AdminPolicy,
 }
 
 impl std::fmt::Debug for Swapper {
@@ -141,6 +185,7 @@ impl Swapper {
         client: Client,
         instance: Option<String>,
         metrics: Arc<Metrics>,
+        policy: AdminPolicy,
     ) -> Self {
         let reporter = Reporter { controller: REPORTER.to_owned(), instance };
         Self {
@@ -149,6 +194,7 @@ impl Swapper {
             caller,
             client,
             metrics,
+            policy,
             last_seen: None,
             last_missing: None,
             sync_timeout: SYNC_TIMEOUT,
@@ -168,11 +214,17 @@ impl Swapper {
             digest: digest(&payload.raw),
         })?;
         let candidate = digest(&bytes);
-        self.engine.load_async(bytes).await.map_err(|err| Refusal {
+        let loaded = self.engine.load_async(bytes).await.map_err(|err| Refusal {
             reason: load_reason(&err),
             message: error_chain(&err),
+            digest: candidate.clone(),
+        })?;
+        self.policy.check_manifest(loaded.manifest()).map_err(|violation| Refusal {
+            reason: "policy",
+            message: violation.to_string(),
             digest: candidate,
-        })
+        })?;
+        Ok(loaded)
     }
 
     /// Waits for the first module the source offers that validates: the start of a
@@ -299,6 +351,8 @@ impl Swapper {
         let refuse = |reason, message| Refusal { reason, message, digest: candidate.clone() };
         let old = current.module.manifest();
         let new = loaded.manifest();
+        let carried = target.controller.wiring().watches.caches.primary_finalizers();
+        check_identity(old, new, &carried).map_err(|(reason, message)| refuse(reason, message))?;
 
         let missing =
             self.missing_rights(old, new, target.scope.namespace.as_deref()).await.map_err(|err| {
@@ -525,5 +579,29 @@ mod tests {
         assert_eq!(load_reason(&LoadError::WrongAbi { found: 2 }), "abi");
         assert_eq!(load_reason(&LoadError::Imports { imports: vec!["env::f (function)".into()] }), "imports");
         assert_eq!(load_reason(&LoadError::Task("x".into())), "internal");
+    }
+
+    #[test]
+    fn a_swap_cannot_change_the_identity_or_drop_a_carried_finalizer() {
+        let old = Manifest { finalizers: vec!["example.com/cleanup".into()], ..manifest() };
+        assert_eq!(check_identity(&old, &old, &["example.com/cleanup".into()]), Ok(()));
+        let cases = [
+            (Manifest { owner_label: "example.com/other".into(), ..old.clone() }, "identity", "ownerLabel"),
+            (Manifest { field_manager: "kubectl".into(), ..old.clone() }, "identity", "fieldManager"),
+            (Manifest { primary: kind("Other"), ..old.clone() }, "identity", "primary kind"),
+            (
+                Manifest { finalizers: vec!["example.com/renamed".into()], ..old.clone() },
+                "finalizer",
+                "\"example.com/cleanup\"",
+            ),
+        ];
+        for (new, reason, text) in cases {
+            let (got, message) = check_identity(&old, &new, &["example.com/cleanup".into()]).expect_err(text);
+            assert_eq!(got, reason);
+            assert!(message.contains(text), "{message}");
+        }
+        // A finalizer no primary carries any more may go; a new one may come.
+        let renamed = Manifest { finalizers: vec!["example.com/renamed".into()], ..old.clone() };
+        assert_eq!(check_identity(&old, &renamed, &["example.com/unrelated".into()]), Ok(()));
     }
 }
