@@ -10,13 +10,20 @@ DEPLOY_IMAGE ?= wasm-operator:0.2.0
 # default `wasm-operator`). The e2e test `deploy` regenerates the file with them and
 # fails when the committed one is stale.
 DEPLOY_RBAC_ARGS := --service-account wasm-operator --operator-namespace wasm-operator --lease-name wasm-operator --module-configmap dittofs-module
+# The arguments deploy/admission/policy.yaml is generated with (the ServiceAccount of
+# deploy/ and the default policy of `run`); checked by the same e2e test.
+DEPLOY_ADMISSION_ARGS := --service-account wasm-operator --operator-namespace wasm-operator
 
 ##@ Deploy
-.PHONY: deploy-rbac deploy deploy-module undeploy image
+.PHONY: deploy-rbac deploy-admission-policy deploy deploy-module undeploy image
 
 deploy-rbac: wasm ## Regenerate deploy/rbac.yaml from the module's manifest (wasm-operator rbac)
 	$(CARGO) run -q -p wasm-operator -- rbac --module $(GUEST_MODULE) $(DEPLOY_RBAC_ARGS) > deploy/rbac.yaml.tmp
 	mv deploy/rbac.yaml.tmp deploy/rbac.yaml
+
+deploy-admission-policy: wasm ## Regenerate deploy/admission/policy.yaml, the API server's own check of the module's writes
+	$(CARGO) run -q -p wasm-operator -- admission-policy --module $(GUEST_MODULE) $(DEPLOY_ADMISSION_ARGS) > deploy/admission/policy.yaml.tmp
+	mv deploy/admission/policy.yaml.tmp deploy/admission/policy.yaml
 
 deploy: ## Install the CRDs, apply deploy/ to the current kubectl context, upload the module
 	$(KUBECTL) apply --server-side -f crds/

@@ -263,26 +263,45 @@ pub fn deploy_rbac_args() -> Result<Vec<String>> {
     Ok(line.split_whitespace().map(str::to_owned).collect())
 }
 
+/// The arguments `make deploy-admission-policy` passes (`DEPLOY_ADMISSION_ARGS` of
+/// `deploy/deploy.mk`).
+pub fn deploy_admission_args() -> Result<Vec<String>> {
+    let path = deploy_dir().join("deploy.mk");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DEPLOY_ADMISSION_ARGS :="))
+        .ok_or_else(|| anyhow!("{} defines no DEPLOY_ADMISSION_ARGS", path.display()))?;
+    Ok(line.split_whitespace().map(str::to_owned).collect())
+}
+
 /// Runs `wasm-operator rbac --module <the built module> <args>` and returns its YAML.
 pub async fn generate_rbac(args: &[String]) -> Result<String> {
+    generate("rbac", args).await
+}
+
+/// Runs `wasm-operator <subcommand> --module <the built module> <args>` and returns
+/// what it prints.
+pub async fn generate(subcommand: &str, args: &[String]) -> Result<String> {
     let artifacts = artifacts().await?;
     let output = build_command(&artifacts.host)
-        .arg("rbac")
+        .arg(subcommand)
         .arg("--module")
         .arg(&artifacts.module)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .context("cannot run wasm-operator rbac")?;
+        .with_context(|| format!("cannot run wasm-operator {subcommand}"))?;
     if !output.status.success() {
         bail!(
-            "wasm-operator rbac {args:?} failed ({}): {}",
+            "wasm-operator {subcommand} {args:?} failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    String::from_utf8(output.stdout).context("wasm-operator rbac printed invalid UTF-8")
+    String::from_utf8(output.stdout)
+        .with_context(|| format!("wasm-operator {subcommand} printed invalid UTF-8"))
 }
 
 /// Runs a target of the root Makefile with `variables` (`NAME=value`).

@@ -14,8 +14,8 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, Result, bail, ensure};
 use e2e::converge::{Percona, Servers};
 use e2e::deploy::{
-    Deployment, Kubectl, client_from_kubeconfig, deploy_dir, deploy_rbac_args, generate_rbac, make,
-    service_account_kubeconfig, test_dir,
+    Deployment, Kubectl, client_from_kubeconfig, deploy_admission_args, deploy_dir, deploy_rbac_args,
+    generate, generate_rbac, make, service_account_kubeconfig, test_dir,
 };
 use e2e::host_process::{HostOptions, HostProcess};
 use e2e::operator::artifacts;
@@ -50,6 +50,19 @@ async fn the_committed_rbac_is_what_the_module_needs() -> Result<()> {
     ensure!(
         committed_rbac()? == generated,
         "deploy/rbac.yaml is stale: run `make deploy-rbac`. Generated:\n{generated}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_committed_admission_policy_is_what_the_module_and_the_default_policy_give() -> Result<()> {
+    let generated = generate("admission-policy", &deploy_admission_args()?).await?;
+    let path = deploy_dir().join("admission/policy.yaml");
+    let committed =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(
+        committed == generated,
+        "deploy/admission/policy.yaml is stale: run `make deploy-admission-policy`. Generated:\n{generated}"
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! every subcommand's work lives in the library, so this module parses, sets up
 //! logging, reads the environment, and maps results to exit codes ([`failure`]).
 
+mod admission;
 mod args;
 mod failure;
 mod module;
@@ -11,7 +12,7 @@ mod rbac;
 mod run;
 mod snapshot;
 
-use args::{ManifestArgs, PushArgs, RbacArgs, ReconcileArgs, RunArgs, SnapshotArgs};
+use args::{AdmissionArgs, ManifestArgs, PushArgs, RbacArgs, ReconcileArgs, RunArgs, SnapshotArgs};
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::Failure;
 use std::process::ExitCode;
@@ -49,6 +50,13 @@ pub enum Command {
     /// Print the least-privilege RBAC (Role or ClusterRole and bindings) a module's
     /// manifest needs, as YAML.
     Rbac(RbacArgs),
+    /// Print a ValidatingAdmissionPolicy and its binding, as YAML, with which the API
+    /// server itself refuses what confinement and the workload rules refuse, for
+    /// requests of the operator's ServiceAccount: objects outside the manifest's
+    /// related kinds, without the owner label, cluster-scoped, or with pod templates
+    /// or Services that break the rules. The module must pass the policy given.
+    /// Exit status as `rbac`.
+    AdmissionPolicy(AdmissionArgs),
     /// Manage the module of a running operator (hot swap).
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -89,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => in_runtime(run::run(args)),
         Command::Snapshot(args) => in_runtime(snapshot::snapshot(args)),
         Command::Rbac(args) => rbac::rbac(&args),
+        Command::AdmissionPolicy(args) => admission::admission_policy(&args),
         Command::Module(ModuleCommand::Push(args)) => module::push(&args),
     };
     match result {
