@@ -163,7 +163,10 @@ async fn orphan_removes_only_the_references_to_the_primary() -> Result<()> {
             {"apiVersion": "mirror.example.com/v1", "kind": "Mirror", "name": "other", "uid": other.uid}
         ]},
     });
-    s.config_maps().create(&PostParams::default(), &serde_json::from_value(cm)?).await?;
+    // Made by the module (its field manager), so it stays the module's once orphaned.
+    let made_by_module =
+        PostParams { field_manager: Some(s.manifest.field_manager.clone()), ..PostParams::default() };
+    s.config_maps().create(&made_by_module, &serde_json::from_value(cm)?).await?;
     let orphan = Action::Orphan { api_version: "v1".into(), kind: "ConfigMap".into(), name: "kept".into() };
     s.run(orphan.clone(), &primary).await?;
     let refs = s.config_maps().get("kept").await?.metadata.owner_references.unwrap_or_default();
