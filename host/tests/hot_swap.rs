@@ -396,7 +396,12 @@ async fn a_manifest_adding_a_related_kind_gets_its_watch_without_a_restart() -> 
             "spec": {"ports": [{"port": 80}]},
         }))?)
     };
-    services.create(&PostParams::default(), &service("m-one")?).await?;
+    // Made with the module's field manager: only objects the module made are its own.
+    let as_module = PostParams {
+        field_manager: Some(configmap_mirror::manifest().field_manager),
+        ..PostParams::default()
+    };
+    services.create(&as_module, &service("m-one")?).await?;
 
     push(&client, &ns, &v2).await?;
     wait_active(&op, &digest(&v2)).await?;
@@ -407,7 +412,7 @@ async fn a_manifest_adding_a_related_kind_gets_its_watch_without_a_restart() -> 
     .await?;
     // And the watch triggers reconciles: nothing else would (the Mirror requeues
     // itself after five minutes only).
-    services.create(&PostParams::default(), &service("m-two")?).await?;
+    services.create(&as_module, &service("m-two")?).await?;
     eventually("the Mirror to count two Services", || async {
         Ok((mirrors.get("m").await?.data["status"]["services"] == 2).then_some(()))
     })

@@ -117,14 +117,23 @@ async fn configmap_mirror_runs_end_to_end_in_the_host() -> Result<()> {
     })
     .await?;
 
-    // A stray ConfigMap claiming the Mirror is deleted.
-    let stray: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "stray", "labels": {LABEL: "m"}}}))?;
-    cms.create(&PostParams::default(), &stray).await?;
+    // A stray ConfigMap claiming the Mirror, made by the module (its field manager:
+    // left over from an older version, say), is deleted; one a user made with the
+    // same label is not the module's and is left alone.
+    let labelled = |name: &str| -> Result<ConfigMap> {
+        Ok(serde_json::from_value(json!({"metadata": {"name": name, "labels": {LABEL: "m"}}}))?)
+    };
+    let as_module = PostParams {
+        field_manager: Some(configmap_mirror::manifest().field_manager),
+        ..PostParams::default()
+    };
+    cms.create(&PostParams::default(), &labelled("users")?).await?;
+    cms.create(&as_module, &labelled("stray")?).await?;
     eventually("the stray ConfigMap to be deleted", || async {
         Ok(cms.get_opt("stray").await?.is_none().then_some(()))
     })
     .await?;
+    assert!(cms.get_opt("users").await?.is_some(), "a user's labelled ConfigMap was deleted");
 
     // Delete: the finalizer goes, then the garbage collector takes the ConfigMap.
     mirrors.delete("m", &DeleteParams::default()).await?;
