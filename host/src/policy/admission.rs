@@ -47,6 +47,7 @@
 //!   subject to admission policies. RBAC ([`super::rbac`]) still decides what the
 //!   identity may attempt at all; this policy only narrows it.
 
+use super::pod_security::BASELINE_CAPABILITIES;
 use super::rbac::api_group;
 use reconcile_sdk::{KindRef, Manifest};
 use serde_json::{Value, json};
@@ -66,23 +67,6 @@ pub struct AdmissionOptions {
     /// `privileged` level (the ServiceAccount and `externalIPs` rules still hold).
     pub pod_security_enforced: bool,
 }
-
-/// The capabilities the Pod Security baseline standard lets a container add.
-pub const BASELINE_CAPABILITIES: [&str; 13] = [
-    "AUDIT_WRITE",
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "MKNOD",
-    "NET_BIND_SERVICE",
-    "SETFCAP",
-    "SETGID",
-    "SETPCAP",
-    "SETUID",
-    "SYS_CHROOT",
-];
 
 /// The kinds whose objects hold a pod spec (as `group/Kind`, core group empty), and
 /// the CEL path to it.
@@ -710,7 +694,10 @@ mod tests {
             validation(&enforced, text);
         }
         let capabilities = validation(&enforced, "outside the Pod Security baseline");
-        let listed = format!("[{}]", BASELINE_CAPABILITIES.map(|c| format!("'{c}'")).join(", "));
+        let listed = format!(
+            "[{}]",
+            BASELINE_CAPABILITIES.iter().map(|c| format!("'{c}'")).collect::<Vec<_>>().join(", ")
+        );
         assert!(capabilities["expression"].as_str().is_some_and(|e| e.contains(&listed)), "{capabilities}");
 
         let privileged = policy_spec(false);

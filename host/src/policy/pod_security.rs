@@ -145,7 +145,7 @@ const RESTRICTED_CAPABILITY: &str = "may add only NET_BIND_SERVICE (Pod Security
 // ---------------------------------------------------------------------------------------
 
 /// The capabilities baseline lets a container add: the container runtimes' default set.
-const BASELINE_CAPABILITIES: &[&str] = &[
+pub const BASELINE_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
     "CHOWN",
     "DAC_OVERRIDE",
