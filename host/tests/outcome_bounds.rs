@@ -9,7 +9,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use operator_support::*;
-use reconcile_sdk::{Action, EventType, Manifest, Outcome, Snapshot};
+use reconcile_sdk::{Action, EventType, Manifest, Outcome};
 use serde_json::json;
 use wasm_operator::ActionLabels;
 
@@ -18,10 +18,6 @@ const FINALIZER: &str = configmap_mirror::FINALIZER;
 
 fn manifest() -> Manifest {
     Manifest { name: "bounded".into(), field_manager: "bounded".into(), ..configmap_mirror::manifest() }
-}
-
-fn name_of(snapshot: &Snapshot) -> String {
-    snapshot.object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
 }
 
 fn config_map(owner: &str, name: &str) -> Action {
@@ -44,17 +40,6 @@ fn calls_of(module: &NativeModule, name: &str) -> usize {
 async fn wait_called(module: &NativeModule, name: &str, times: usize) -> Result<()> {
     eventually(&format!("{times} calls for {name}"), || async {
         Ok((calls_of(module, name) >= times).then_some(()))
-    })
-    .await
-}
-
-/// Waits until the module saw a `lastFailure` for `name` containing `text`.
-async fn wait_last_failure(module: &NativeModule, name: &str, text: &str) -> Result<String> {
-    eventually(&format!("{name}'s lastFailure to say {text:?}"), || async {
-        let calls = module.calls.lock().unwrap();
-        Ok(calls.iter().filter(|s| name_of(s) == name).find_map(|s| {
-            s.last_failure.as_ref().filter(|f| f.message.contains(text)).map(|f| f.message.clone())
-        }))
     })
     .await
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Api, PostParams};
 use operator_support::*;
-use reconcile_sdk::{Action, KindRef, Manifest, Outcome, PropagationPolicy, Requirement, Snapshot};
+use reconcile_sdk::{Action, KindRef, Manifest, Outcome, PropagationPolicy, Requirement};
 use serde_json::{Value, json};
 use wasm_operator::{AdminPolicy, GroupKind, StartError};
 
@@ -30,21 +30,6 @@ fn kind(api_version: &str, kind: &str, plural: &str) -> KindRef {
 
 fn manifest(related: Vec<KindRef>) -> Manifest {
     Manifest { name: "reach".into(), field_manager: "reach".into(), related, ..configmap_mirror::manifest() }
-}
-
-fn name_of(snapshot: &Snapshot) -> String {
-    snapshot.object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
-}
-
-/// Waits until the module saw a `lastFailure` for `name` containing `text`.
-async fn wait_last_failure(module: &NativeModule, name: &str, text: &str) -> Result<String> {
-    eventually(&format!("{name}'s lastFailure to say {text:?}"), || async {
-        let calls = module.calls.lock().unwrap();
-        Ok(calls.iter().filter(|s| name_of(s) == name).find_map(|s| {
-            s.last_failure.as_ref().filter(|f| f.message.contains(text)).map(|f| f.message.clone())
-        }))
-    })
-    .await
 }
 
 #[tokio::test]

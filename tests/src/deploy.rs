@@ -254,24 +254,24 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
 /// The arguments `make deploy-rbac` passes to `wasm-operator rbac`
 /// (`DEPLOY_RBAC_ARGS` in `deploy/deploy.mk`).
 pub fn deploy_rbac_args() -> Result<Vec<String>> {
-    let path = deploy_dir().join("deploy.mk");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("DEPLOY_RBAC_ARGS :="))
-        .ok_or_else(|| anyhow!("{} defines no DEPLOY_RBAC_ARGS", path.display()))?;
-    Ok(line.split_whitespace().map(str::to_owned).collect())
+    deploy_mk_args("DEPLOY_RBAC_ARGS")
 }
 
 /// The arguments `make deploy-admission-policy` passes (`DEPLOY_ADMISSION_ARGS` of
 /// `deploy/deploy.mk`).
 pub fn deploy_admission_args() -> Result<Vec<String>> {
+    deploy_mk_args("DEPLOY_ADMISSION_ARGS")
+}
+
+/// The words of the variable `name` (`NAME := ...`) of `deploy/deploy.mk`.
+fn deploy_mk_args(name: &str) -> Result<Vec<String>> {
     let path = deploy_dir().join("deploy.mk");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let prefix = format!("{name} :=");
     let line = text
         .lines()
-        .find_map(|l| l.strip_prefix("DEPLOY_ADMISSION_ARGS :="))
-        .ok_or_else(|| anyhow!("{} defines no DEPLOY_ADMISSION_ARGS", path.display()))?;
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .ok_or_else(|| anyhow!("{} defines no {name}", path.display()))?;
     Ok(line.split_whitespace().map(str::to_owned).collect())
 }
 

@@ -156,6 +156,22 @@ pub async fn start_operator_with_policy(
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
 
+/// The `metadata.name` of a snapshot's primary.
+pub fn name_of(snapshot: &Snapshot) -> String {
+    snapshot.object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Waits until `module` saw a `lastFailure` for the primary `name` containing `text`.
+pub async fn wait_last_failure(module: &NativeModule, name: &str, text: &str) -> Result<String> {
+    eventually(&format!("{name}'s lastFailure to say {text:?}"), || async {
+        let calls = module.calls.lock().unwrap();
+        Ok(calls.iter().filter(|s| name_of(s) == name).find_map(|s| {
+            s.last_failure.as_ref().filter(|f| f.message.contains(text)).map(|f| f.message.clone())
+        }))
+    })
+    .await
+}
+
 /// The Mirror resource.
 pub fn mirrors() -> ApiResource {
     ApiResource {
