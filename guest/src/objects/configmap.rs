@@ -7,10 +7,8 @@ use crate::names::{self, CONFIG_FILE_KEY};
 
 /// The ConfigMap holding `config_yaml` (which never holds a secret).
 pub fn build(owner: &Primary, config_yaml: String) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": owner.metadata(&names::config_map(&owner.name)),
-        "data": {CONFIG_FILE_KEY: config_yaml},
-    })
+    let mut config_map = json!({"apiVersion": "v1", "kind": "ConfigMap"});
+    config_map["metadata"] = owner.metadata(&names::config_map(&owner.name));
+    config_map["data"][CONFIG_FILE_KEY] = config_yaml.into();
+    config_map
 }

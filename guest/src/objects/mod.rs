@@ -48,12 +48,9 @@ impl Primary {
 
     /// Metadata of an owned object named `name`: namespace, labels, controller reference.
     pub fn metadata(&self, name: &str) -> Value {
-        let mut metadata = json!({
-            "name": name,
-            "namespace": self.namespace,
-            "labels": labels(&self.name),
-            "ownerReferences": [self.controller_reference()],
-        });
+        let mut metadata = json!({"name": name, "namespace": self.namespace});
+        metadata["labels"] = labels(&self.name);
+        metadata["ownerReferences"] = Value::Array(vec![self.controller_reference()]);
         if let Some((key, value)) = V2_ANNOTATION {
             annotate(&mut metadata, key, value);
         }

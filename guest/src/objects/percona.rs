@@ -94,18 +94,22 @@ pub fn build(owner: &Primary, spec: &DittoServerSpec) -> Value {
     if let (Some(class), Some(claim)) = (&percona.storage_class_name, claim.as_object_mut()) {
         claim.insert("storageClassName".into(), class.as_str().into());
     }
-    json!({
+    // Values built elsewhere are moved in by index: `json!` would copy them.
+    let mut instance = json!({"name": "instance1", "replicas": percona.replicas});
+    instance["dataVolumeClaimSpec"] = claim;
+    let mut cluster = json!({
         "apiVersion": PERCONA_API_VERSION,
         "kind": PERCONA_KIND,
-        "metadata": metadata(owner, wants_owner_reference(percona)),
         "spec": {
             "crVersion": CR_VERSION,
             "postgresVersion": POSTGRES_VERSION,
-            "instances": [{"name": "instance1", "replicas": percona.replicas, "dataVolumeClaimSpec": claim}],
             "users": [{"name": PERCONA_USER, "databases": [percona.database_name]}],
-            "backups": backups(&owner.name, percona),
         },
-    })
+    });
+    cluster["metadata"] = metadata(owner, wants_owner_reference(percona));
+    cluster["spec"]["instances"] = vec![instance].into();
+    cluster["spec"]["backups"] = backups(&owner.name, percona);
+    cluster
 }
 
 fn metadata(owner: &Primary, with_reference: bool) -> Value {
@@ -115,7 +119,7 @@ fn metadata(owner: &Primary, with_reference: bool) -> Value {
         "labels": {OWNER_LABEL: &owner.name},
     });
     if with_reference && let Some(metadata) = metadata.as_object_mut() {
-        metadata.insert("ownerReferences".into(), json!([owner.controller_reference()]));
+        metadata.insert("ownerReferences".into(), vec![owner.controller_reference()].into());
     }
     metadata
 }
@@ -141,16 +145,18 @@ fn backups(server: &str, percona: &PerconaSpec) -> Value {
         },
         "repos": [{
             "name": "repo1",
-            "s3": s3,
             "schedules": {"full": backup.full_schedule, "incremental": backup.incr_schedule},
         }],
     });
+    pgbackrest["repos"][0]["s3"] = s3.into();
     if let (Some(credentials), Some(pgbackrest)) =
         (&backup.credentials_secret_ref, pgbackrest.as_object_mut())
     {
         pgbackrest.insert("configuration".into(), json!([{"secret": {"name": credentials.name}}]));
     }
-    json!({"enabled": true, "pgbackrest": pgbackrest})
+    let mut backups = json!({"enabled": true});
+    backups["pgbackrest"] = pgbackrest;
+    backups
 }
 
 /// The observed cluster with the DittoServer's controller reference: its spec
@@ -158,10 +164,8 @@ fn backups(server: &str, percona: &PerconaSpec) -> Value {
 /// has no spec to keep.
 fn adopt(owner: &Primary, cluster: &Related<'_>) -> Option<Value> {
     let spec: Map<String, Value> = serde_json::from_str(cluster.spec?.get()).ok()?;
-    Some(json!({
-        "apiVersion": PERCONA_API_VERSION,
-        "kind": PERCONA_KIND,
-        "metadata": metadata(owner, true),
-        "spec": spec,
-    }))
+    let mut adopted = json!({"apiVersion": PERCONA_API_VERSION, "kind": PERCONA_KIND});
+    adopted["metadata"] = metadata(owner, true);
+    adopted["spec"] = spec.into();
+    Some(adopted)
 }

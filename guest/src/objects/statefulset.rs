@@ -118,41 +118,44 @@ impl Claim {
         if let Some(class) = &self.storage_class_name {
             spec["storageClassName"] = class.as_str().into();
         }
-        json!({"metadata": {"name": self.name}, "spec": spec})
+        let mut template = json!({"metadata": {"name": self.name}});
+        template["spec"] = spec;
+        template
     }
 }
 
 /// The StatefulSet of `owner`, with `claims` and the pod annotation `config_hash`.
 pub fn build(owner: &Primary, spec: &DittoServerSpec, config_hash: &str, claims: &[Claim]) -> Value {
     let name = &owner.name;
-    let security_context = match &spec.pod_security_context {
+    // Values built elsewhere are moved in by index: `json!` would copy them.
+    let mut pod = json!({
+        "volumes": [{"name": "config", "configMap": {"name": names::config_map(name)}}],
+    });
+    pod["securityContext"] = match &spec.pod_security_context {
         Some(context) => Value::Object(context.object.clone()),
         None => json!({"fsGroup": DEFAULT_FS_GROUP}),
     };
-    let mut pod = json!({
-        "securityContext": security_context,
-        "containers": [server_container(name, spec, claims)],
-        "volumes": [{"name": "config", "configMap": {"name": names::config_map(name)}}],
-    });
+    pod["containers"] = vec![server_container(name, spec, claims)].into();
     if spec.percona.enabled {
-        pod["initContainers"] = json!([wait_for_postgres(name)]);
+        pod["initContainers"] = vec![wait_for_postgres(name)].into();
     }
-    json!({
+    let mut statefulset = json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": owner.metadata(name),
         "spec": {
             "replicas": spec.replicas,
             "serviceName": names::headless_service(name),
-            "selector": {"matchLabels": pod_selector(name)},
-            "template": {
-                "metadata": {"labels": labels(name), "annotations": {CONFIG_HASH_ANNOTATION: config_hash}},
-                "spec": pod,
-            },
-            "volumeClaimTemplates": claims.iter().map(Claim::template).collect::<Vec<_>>(),
+            "template": {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: config_hash}}},
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
         },
-    })
+    });
+    statefulset["metadata"] = owner.metadata(name);
+    let set = &mut statefulset["spec"];
+    set["selector"]["matchLabels"] = pod_selector(name);
+    set["template"]["metadata"]["labels"] = labels(name);
+    set["template"]["spec"] = pod;
+    set["volumeClaimTemplates"] = claims.iter().map(Claim::template).collect();
+    statefulset
 }
 
 fn server_container(name: &str, spec: &DittoServerSpec, claims: &[Claim]) -> Value {
@@ -174,11 +177,11 @@ fn server_container(name: &str, spec: &DittoServerSpec, claims: &[Claim]) -> Val
         "image": spec.image,
         "command": ["/app/dittofs"],
         "args": ["start", "--config", "/config/config.yaml"],
-        "ports": ports,
-        "livenessProbe": tcp_probe(30, 10),
-        "readinessProbe": tcp_probe(10, 5),
-        "volumeMounts": mounts,
     });
+    container["ports"] = ports.into();
+    container["livenessProbe"] = tcp_probe(30, 10);
+    container["readinessProbe"] = tcp_probe(10, 5);
+    container["volumeMounts"] = mounts.into();
     let env = environment(name, spec);
     if !env.is_empty() {
         container["env"] = env.into();
@@ -198,7 +201,9 @@ fn from_secret(env: &str, secret: &str, key: &str, optional: bool) -> Value {
     if optional {
         reference["optional"] = true.into();
     }
-    json!({"name": env, "valueFrom": {"secretKeyRef": reference}})
+    let mut variable = json!({"name": env});
+    variable["valueFrom"]["secretKeyRef"] = reference;
+    variable
 }
 
 /// The server's environment: every secret, by reference.
@@ -253,7 +258,7 @@ fn wait_for_postgres(name: &str) -> Value {
     .into_iter()
     .map(|(var, key)| from_secret(var, &secret, key, false))
     .collect();
-    json!({
+    let mut container = json!({
         "name": "wait-for-postgres",
         "image": POSTGRES_WAIT_IMAGE,
         "command": [
@@ -262,6 +267,7 @@ fn wait_for_postgres(name: &str) -> Value {
             "until pg_isready -h \"$PGHOST\" -p \"$PGPORT\" -U \"$PGUSER\" -d \"$PGDATABASE\" -t 5; do \
              echo \"waiting for PostgreSQL at $PGHOST:$PGPORT\"; sleep 2; done",
         ],
-        "env": env,
-    })
+    });
+    container["env"] = env.into();
+    container
 }
