@@ -18,6 +18,7 @@
 
 use super::discovery::{KindLookup, KindRegistry, resolve};
 use super::index::{KindKey, ObjectKey, ObjectStore, RelatedStore, RequirementIndex, RequirementTarget};
+use super::trigger::is_own_status_echo;
 use crate::queue::{Cause, WorkQueue};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
@@ -298,10 +299,15 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource) {
     while let Some(event) = stream.next().await {
         match event {
             Event::Apply(mut obj) => {
+                let Some(key) = ObjectKey::of(&obj) else { continue };
+                // The echo of the host's own status write is cached but not reconciled
+                // (see `trigger`).
+                let echo = read(&ctx.caches.primaries)
+                    .get(&key)
+                    .is_some_and(|previous| is_own_status_echo(&previous, &obj, &ctx.field_manager));
                 strip(&mut obj, &ctx.field_manager);
-                let key = ObjectKey::of(&obj);
                 write(&ctx.caches.primaries).apply(obj);
-                if let Some(key) = key {
+                if !echo {
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
             }

@@ -167,7 +167,7 @@ impl Executor {
                 .delete(&KindKey::new(api_version, kind), name, *propagation_policy, manifest, primary)
                 .await
                 .map(|()| None),
-            Action::PatchStatus { status } => self.patch_status(status, primary).await,
+            Action::PatchStatus { status } => self.patch_status(status, manifest, primary).await,
             Action::Event { event_type, reason, message } => {
                 let event_type = match event_type {
                     EventType::Normal => KubeEventType::Normal,
@@ -374,9 +374,12 @@ impl Executor {
         }
     }
 
+    /// Merge-patches the status under the module's field manager: the watch knows the
+    /// echo of this write by that manager's entry, and does not reconcile it again.
     async fn patch_status(
         &self,
         status: &Value,
+        manifest: &Manifest,
         primary: &PrimaryTarget,
     ) -> Result<Option<DynamicObject>, ActionError> {
         let op = "patchStatus";
@@ -386,8 +389,10 @@ impl Executor {
         }
         let patch = json!({ "status": replacing_merge_patch(&current, status) });
         self.metrics.write(op);
+        let params =
+            PatchParams { field_manager: Some(manifest.field_manager.clone()), ..PatchParams::default() };
         self.primary_api(&primary.key.namespace)
-            .patch_status(&primary.key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(&primary.key.name, &params, &Patch::Merge(&patch))
             .await
             .map(Some)
             .map_err(|source| ActionError::Api { op, target: "the primary's status".into(), source })
