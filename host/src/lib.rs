@@ -61,6 +61,6 @@ pub use observe::{ActionLabels, Metrics, ModuleLabels, OpLabels, ResultLabels};
 pub use operator::{OperatorConfig, RunningOperator, StartError, start_from_source};
 pub use policy::{
     AdminPolicy, GroupKind, OutcomeLimits, OutcomeTooLarge, PodSecurityLevel, PolicyViolation, Rejection,
-    Violation, WorkloadPolicy,
+    Violation, WorkloadPolicy, WriteBudgetConfig,
 };
 pub use queue::Cause;

@@ -40,6 +40,8 @@ pub enum Cause {
     Swap,
     /// Leadership was taken, or an optional kind appeared: every primary runs once.
     Resync,
+    /// A batch waited for the primary's write budget.
+    WriteBudget,
 }
 
 impl std::fmt::Display for Cause {
@@ -53,6 +55,7 @@ impl std::fmt::Display for Cause {
             Cause::CacheSync => f.write_str("waiting for the caches"),
             Cause::Swap => f.write_str("module swapped"),
             Cause::Resync => f.write_str("resync"),
+            Cause::WriteBudget => f.write_str("write budget"),
         }
     }
 }

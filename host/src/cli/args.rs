@@ -2,7 +2,9 @@
 //! configuration types. Nothing outside `cli/` sees these structs.
 
 use crate::lifecycle::ConfigMapSource;
-use crate::policy::{AdminPolicy, GroupKind, OutcomeLimits, PodSecurityLevel, WorkloadPolicy};
+use crate::policy::{
+    AdminPolicy, GroupKind, OutcomeLimits, PodSecurityLevel, WorkloadPolicy, WriteBudgetConfig,
+};
 use crate::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
@@ -130,6 +132,30 @@ pub struct PolicyArgs {
     /// A ServiceAccount pod templates may name besides `default`. Repeatable.
     #[arg(long = "allow-service-account", value_name = "NAME")]
     pub allow_service_accounts: Vec<String>,
+    /// Mutating requests per second each primary's module may make, sustained. A batch
+    /// over the write budget is held back (delayed, not failed) until it fits.
+    #[arg(long, default_value_t = 5.0, value_name = "N", value_parser = positive_rate)]
+    pub write_rate: f64,
+    /// Mutating requests a primary may make at once after being quiet.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_burst: u32,
+    /// KiB of request bodies (objects, statuses, notes) each primary may write in any
+    /// minute.
+    #[arg(long, default_value_t = 8192, value_name = "KIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_kib_per_minute: u64,
+    /// Mutating requests per second across all primaries together. Off by default: the
+    /// per-primary budget bounds each module, and the API server's priority and
+    /// fairness protects itself.
+    #[arg(long, value_name = "N", value_parser = positive_rate)]
+    pub overall_write_rate: Option<f64>,
+}
+
+/// A rate flag: a positive, finite number.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a positive number of requests per second")),
+    }
 }
 
 /// `--pod-security`.
@@ -161,6 +187,12 @@ impl PolicyArgs {
             allow_secret_values: self.allow_secret_values,
             workload: WorkloadPolicy { level, allowed_service_accounts: self.allow_service_accounts.clone() },
             outcome,
+            writes: WriteBudgetConfig {
+                writes_per_second: self.write_rate,
+                burst: self.write_burst,
+                bytes_per_minute: self.write_kib_per_minute.saturating_mul(1024),
+                overall_writes_per_second: self.overall_write_rate,
+            },
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - an `apply` of an object the snapshot did not show as the primary's is read fresh
 //!   before anything is written, so that a forced apply never takes over a foreign
 //!   namesake;
+//! - a confined batch runs only if the primary's write budget covers all of it
+//!   ([`WriteBudget`](crate::policy::WriteBudget)); otherwise nothing is written and
+//!   the attempt is delayed, not failed;
 //! - allowed actions run in order and the first failure stops the batch; a guarded
 //!   patch that conflicts re-reads the primary and decides again, at most
 //!   [`CONFLICT_RETRIES`] times, which is not a failure.
@@ -22,8 +25,8 @@ use crate::error_chain;
 use crate::execute::{ActionError, apply_target};
 use crate::module::LoadedModuleInfo;
 use crate::policy::confine::{PrimaryRef, check_action};
-use crate::policy::outcome::check_outcome;
-use crate::policy::{OutcomeTooLarge, Rejection};
+use crate::policy::outcome::{check_outcome, json_size};
+use crate::policy::{OutcomeTooLarge, OverBudget, Rejection};
 use crate::snapshot;
 use kube::api::{Api, DynamicObject};
 use reconcile_sdk::{Action, Manifest, Outcome, RequiredObject, Requirement};
@@ -96,6 +99,15 @@ pub enum Stop {
     },
     /// Guarded patches kept conflicting.
     Conflicts,
+    /// The batch does not fit the primary's write budget now; nothing was written.
+    OverBudget {
+        /// How long to wait, and which limit.
+        over: OverBudget,
+        /// The batch's mutating requests.
+        writes: u32,
+        /// The primary as last read, for the event.
+        primary: Box<PrimaryTarget>,
+    },
 }
 
 impl Stop {
@@ -115,6 +127,7 @@ impl Stop {
             Stop::Conflicts => {
                 format!("guarded patches kept conflicting after {CONFLICT_RETRIES} attempts")
             }
+            Stop::OverBudget { over, writes, .. } => format!("{writes} writes held back: {over}"),
         }
     }
 }
@@ -159,6 +172,7 @@ impl<'a> Attempt<'a> {
             self.remember(&batch.requires);
             self.confine(&batch, &decision, &primary)?;
             self.check_apply_targets(&batch, &decision, &primary).await?;
+            self.take_budget(&batch, &primary)?;
             if self.execute(&batch, &mut primary).await? {
                 return Ok(Done { requeue: batch.requeue });
             }
@@ -249,6 +263,19 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
+    /// Takes the batch's writes from the primary's budget, all or nothing: every
+    /// action is one mutating request, and its body (object, status, note) counts
+    /// towards the bytes.
+    fn take_budget(&self, batch: &Batch, primary: &PrimaryTarget) -> Result<(), Stop> {
+        let writes = u32::try_from(batch.actions.len()).unwrap_or(u32::MAX);
+        let bytes = batch.actions.iter().map(body_bytes).fold(0, u64::saturating_add);
+        self.controller.take_writes(self.key, writes, bytes).map_err(|over| Stop::OverBudget {
+            over,
+            writes,
+            primary: Box::new(primary.clone()),
+        })
+    }
+
     /// Reads fresh the target of each `apply` the snapshot did not show as the
     /// primary's, before anything is written: a foreign namesake that the related
     /// watch (labelled objects only) cannot see rejects the batch.
@@ -333,6 +360,19 @@ impl<'a> Attempt<'a> {
             .map_err(|err| Stop::Reread(Box::new(err)))?
             .ok_or(Stop::Gone)?;
         PrimaryTarget::new(Arc::new(fresh)).ok_or(Stop::NoUid)
+    }
+}
+
+/// The request body an action sends, as the write budget counts it: the JSON of an
+/// applied object or a status, the note of an event, and a name or finalizer
+/// otherwise.
+fn body_bytes(action: &Action) -> u64 {
+    match action {
+        Action::Apply { object } => json_size(object),
+        Action::PatchStatus { status } => json_size(status),
+        Action::Event { reason, message, .. } => (reason.len() + message.len()) as u64,
+        Action::AddFinalizer { finalizer } | Action::RemoveFinalizer { finalizer } => finalizer.len() as u64,
+        Action::Delete { name, .. } | Action::Orphan { name, .. } => name.len() as u64,
     }
 }
 

@@ -9,6 +9,9 @@
 //! - a failure becomes the next snapshot's `lastFailure` and the primary is retried
 //!   with exponential backoff; a rejection writes nothing, records a Warning event
 //!   `ActionRejected` on the primary and counts the rejection;
+//! - a batch over the primary's write budget writes nothing and is delayed until it
+//!   fits, which is not a failure (no `lastFailure`, no backoff); it is counted, and a
+//!   Warning event `WriteBudgetExceeded` goes on the primary at most once a minute;
 //! - no reconcile runs before every watch has delivered its initial list, so a
 //!   snapshot never shows an existing object as missing;
 //! - workers run only while `leading` is true; when it turns false, or on shutdown,
@@ -22,7 +25,7 @@ use crate::error_chain;
 use crate::execute::Executor;
 use crate::module::ActiveModule;
 use crate::observe::Metrics;
-use crate::policy::AdminPolicy;
+use crate::policy::{AdminPolicy, OverBudget, WriteBudget};
 use crate::queue::{Cause, WorkQueue};
 use arc_swap::ArcSwap;
 use futures::FutureExt as _;
@@ -77,6 +80,13 @@ pub enum Verdict {
         /// When to retry.
         retry: Duration,
     },
+    /// The batch did not fit the write budget; nothing was written.
+    Delayed {
+        /// Why.
+        message: String,
+        /// When to try again.
+        after: Duration,
+    },
     /// The primary is gone; its state was forgotten.
     Gone,
 }
@@ -88,6 +98,7 @@ impl Verdict {
             Verdict::Done { .. } => "success",
             Verdict::Failed { .. } => "error",
             Verdict::Rejected { .. } => "rejected",
+            Verdict::Delayed { .. } => "delayed",
             Verdict::Gone => "gone",
         }
     }
@@ -100,6 +111,7 @@ pub struct Controller {
     wiring: ArcSwap<Wiring>,
     queue: Arc<WorkQueue<ObjectKey>>,
     failures: Mutex<Failures<ObjectKey>>,
+    budget: Mutex<WriteBudget<ObjectKey>>,
     metrics: Arc<Metrics>,
     policy: AdminPolicy,
     clock: fn() -> SystemTime,
@@ -128,6 +140,7 @@ impl Controller {
             wiring: ArcSwap::from_pointee(wiring),
             queue,
             failures: Mutex::new(Failures::new(backoff)),
+            budget: Mutex::new(WriteBudget::new(policy.writes)),
             metrics,
             policy,
             clock: SystemTime::now,
@@ -182,6 +195,16 @@ impl Controller {
 
     fn failures(&self) -> std::sync::MutexGuard<'_, Failures<ObjectKey>> {
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, WriteBudget<ObjectKey>> {
+        self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `writes` mutating requests of `bytes` from `key`'s write budget, all or
+    /// nothing.
+    pub(crate) fn take_writes(&self, key: &ObjectKey, writes: u32, bytes: u64) -> Result<(), OverBudget> {
+        self.budget().take(key, writes, bytes, std::time::Instant::now())
     }
 
     /// Runs workers while `leading` is true, until `shutdown` turns true; every
@@ -270,6 +293,10 @@ impl Controller {
                     tracing::warn!(?retry, "action rejected: {message}");
                     self.queue.enqueue_after(key.clone(), *retry, Cause::Retry);
                 }
+                Verdict::Delayed { message, after } => {
+                    tracing::info!(?after, "{message}");
+                    self.queue.enqueue_after(key.clone(), *after, Cause::WriteBudget);
+                }
                 Verdict::Gone => tracing::debug!("primary is gone"),
             }
             self.queue.done(&key);
@@ -299,8 +326,37 @@ impl Controller {
         match stop {
             Stop::Gone => {
                 self.failures().succeeded(key);
+                self.budget().forget(key);
                 attempt.wiring.watches.caches.forget(key);
                 Verdict::Gone
+            }
+            Stop::OverBudget { over: OverBudget::Wait { after, exceeded }, primary, .. } => {
+                self.metrics.write_budget_exceeded(exceeded.label());
+                // The warning is the host's own write and is not budgeted; it is
+                // rate-limited instead, so that it cannot become a loop of its own.
+                if self.budget().should_warn(key, std::time::Instant::now()) {
+                    let note = format!(
+                        "{message}. The host holds back a module that writes more than the \
+                         administrator allows (run's --write-* flags)"
+                    );
+                    let manifest = attempt.module.module.manifest();
+                    if let Err(err) = attempt
+                        .wiring
+                        .executor
+                        .event(
+                            KubeEventType::Warning,
+                            "WriteBudgetExceeded",
+                            &note,
+                            "write",
+                            manifest,
+                            &primary,
+                        )
+                        .await
+                    {
+                        tracing::warn!("cannot record the WriteBudgetExceeded event: {}", error_chain(&err));
+                    }
+                }
+                Verdict::Delayed { message, after }
             }
             Stop::Rejected { op, primary, .. } => {
                 self.metrics.rejection(op);

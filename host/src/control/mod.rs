@@ -5,10 +5,6 @@
 
 pub(crate) mod attempt;
 pub(crate) mod backoff;
-// The per-primary write budget (issue #14): tested on its own, not yet consulted
-// before a batch runs.
-#[allow(dead_code)]
-pub(crate) mod budget;
 pub(crate) mod capture;
 pub(crate) mod controller;
 pub(crate) mod decide;

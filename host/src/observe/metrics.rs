@@ -88,6 +88,9 @@ pub struct Metrics {
     /// Module calls that gave no outcome, by kind of failure (`deadline`, `memory`,
     /// `trap`, `output`, `host`, `other`).
     pub module_call_errors: Family<ReasonLabels, Counter>,
+    /// Batches held back by the write budget, by the limit they ran into (`rate`,
+    /// `bytes`, `overall`).
+    pub write_budget_exceeded: Family<ReasonLabels, Counter>,
     active: Mutex<Option<ModuleLabels>>,
 }
 
@@ -155,6 +158,12 @@ impl Metrics {
             "Module calls that gave no outcome, by kind of failure",
             module_call_errors.clone(),
         );
+        let write_budget_exceeded = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "write_budget_exceeded",
+            "Batches of a module's writes held back by the write budget, by the limit reached",
+            write_budget_exceeded.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -170,8 +179,24 @@ impl Metrics {
             module_swaps,
             reconcile_panics,
             module_call_errors,
+            write_budget_exceeded,
             active: Mutex::new(None),
         }
+    }
+
+    /// Counts a batch held back by the write budget's `limit`.
+    pub fn write_budget_exceeded(&self, limit: &str) {
+        self.write_budget_exceeded.get_or_create(&ReasonLabels { reason: limit.to_owned() }).inc();
+    }
+
+    /// Batches held back by the write budget so far, all limits.
+    pub fn write_budget_exceeded_total(&self) -> u64 {
+        ["rate", "bytes", "overall"]
+            .into_iter()
+            .map(|limit| {
+                self.write_budget_exceeded.get_or_create(&ReasonLabels { reason: limit.to_owned() }).get()
+            })
+            .sum()
     }
 
     /// Counts a module call that gave no outcome, by `reason`.

@@ -18,13 +18,14 @@
 //!   confinement: Pod Security baseline in every pod template, no `externalIPs` on a
 //!   Service, no ServiceAccount but `default` unless allowed.
 
+use super::budget::WriteBudgetConfig;
 use super::outcome::OutcomeLimits;
 use super::pod_security::WorkloadPolicy;
 use crate::cluster::KindKey;
 use reconcile_sdk::{KindRef, Manifest};
 
 /// What the administrator allows every module (`run`'s policy flags).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AdminPolicy {
     /// Refused kinds opened one by one (`--allow-kind GROUP/KIND`).
     pub allowed_kinds: Vec<GroupKind>,
@@ -35,6 +36,8 @@ pub struct AdminPolicy {
     pub workload: WorkloadPolicy,
     /// The caps on one outcome.
     pub outcome: OutcomeLimits,
+    /// How much each primary's module may write over time.
+    pub writes: WriteBudgetConfig,
 }
 
 /// A kind by API group (`""` for the core group) and name, as `--allow-kind` takes it.

@@ -39,8 +39,6 @@
 //! ten writes and then goes quiet is far inside a 20-write burst and 8 MiB per minute.
 
 use std::collections::{HashMap, VecDeque};
-use std::error::Error;
-use std::fmt;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -137,60 +135,52 @@ fn valid_rate(rate: f64) -> bool {
 }
 
 /// Why a [`WriteBudgetConfig`] was rejected.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum BudgetConfigError {
     /// `writes_per_second` is not a positive finite number.
+    #[error("writes per second must be positive and finite, got {0}")]
     WritesPerSecond(f64),
     /// `burst` is zero.
+    #[error("write burst must be at least 1")]
     Burst,
     /// `bytes_per_minute` is zero.
+    #[error("bytes per minute must be at least 1")]
     BytesPerMinute,
     /// `overall_writes_per_second` is set but not a positive finite number.
+    #[error("overall writes per second must be positive and finite, got {0}")]
     OverallWritesPerSecond(f64),
 }
 
-impl fmt::Display for BudgetConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// Which limit a refused batch ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Exceeded {
+    /// The primary's mutating requests per second (its token bucket).
+    #[error("write rate")]
+    Rate,
+    /// The primary's bytes per minute.
+    #[error("bytes per minute")]
+    Bytes,
+    /// The mutating requests per second across all primaries.
+    #[error("overall write rate")]
+    Overall,
+}
+
+impl Exceeded {
+    /// The metric label: `rate`, `bytes` or `overall`.
+    pub fn label(self) -> &'static str {
         match self {
-            Self::WritesPerSecond(rate) => {
-                write!(f, "writes per second must be positive and finite, got {rate}")
-            }
-            Self::Burst => f.write_str("write burst must be at least 1"),
-            Self::BytesPerMinute => f.write_str("bytes per minute must be at least 1"),
-            Self::OverallWritesPerSecond(rate) => {
-                write!(f, "overall writes per second must be positive and finite, got {rate}")
-            }
+            Self::Rate => "rate",
+            Self::Bytes => "bytes",
+            Self::Overall => "overall",
         }
     }
 }
 
-impl Error for BudgetConfigError {}
-
-/// Which limit a refused batch ran into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Exceeded {
-    /// The primary's mutating requests per second (its token bucket).
-    Rate,
-    /// The primary's bytes per minute.
-    Bytes,
-    /// The mutating requests per second across all primaries.
-    Overall,
-}
-
-impl fmt::Display for Exceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Rate => "write rate",
-            Self::Bytes => "bytes per minute",
-            Self::Overall => "overall write rate",
-        })
-    }
-}
-
 /// A batch that does not fit the budget now; nothing was consumed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OverBudget {
     /// Retry the batch after `after`.
+    #[error("write budget exceeded ({exceeded}), retry after {after:?}")]
     Wait {
         /// How long until the batch would fit (more than zero, at most [`MAX_WAIT`]).
         /// With the overall cap on, other primaries may take the shared budget first.
@@ -199,18 +189,6 @@ pub enum OverBudget {
         exceeded: Exceeded,
     },
 }
-
-impl fmt::Display for OverBudget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Wait { after, exceeded } => {
-                write!(f, "write budget exceeded ({exceeded}), retry after {after:?}")
-            }
-        }
-    }
-}
-
-impl Error for OverBudget {}
 
 /// The write budget of every primary seen, plus the optional shared cap.
 #[derive(Debug, Clone)]
@@ -230,6 +208,7 @@ impl<K: Eq + Hash + Clone> WriteBudget<K> {
     }
 
     /// The limits in force (after falling back from invalid fields).
+    #[cfg(test)]
     pub fn config(&self) -> &WriteBudgetConfig {
         &self.config
     }
@@ -282,6 +261,7 @@ impl<K: Eq + Hash + Clone> WriteBudget<K> {
     }
 
     /// How many primaries the budget holds state for.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.primaries.len()
     }

@@ -97,6 +97,24 @@ fn describe_apply(object: &serde_json::Value) -> String {
     format!("apply of {} {:?}", field("/kind"), field("/metadata/name"))
 }
 
+/// The size of `value`'s JSON, in bytes, counted without building it.
+pub fn json_size(value: &impl Serialize) -> u64 {
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Counting cannot fail, and a Value always serializes.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
 /// Whether `value`'s JSON is at most `limit` bytes; stops serializing once over.
 fn fits(value: &impl Serialize, limit: usize) -> bool {
     struct Counter {
