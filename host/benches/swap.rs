@@ -67,6 +67,7 @@ async fn bench() -> Result<()> {
         backoff: Backoff::default(),
         instance: Some("bench".into()),
         policy: Default::default(),
+        stall_timeout: std::time::Duration::from_secs(300),
     };
     let op = start_from_source(
         client.clone(),

@@ -72,6 +72,8 @@ struct State<K> {
     seq: u64,
     in_flight: HashSet<K>,
     dirty: HashSet<K>,
+    // Since when ready work has waited with no key handed out (`None`: none waits).
+    waiting_since: Option<Instant>,
 }
 
 /// A deduplicating, delaying work queue of keys.
@@ -101,6 +103,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                 seq: 0,
                 in_flight: HashSet::new(),
                 dirty: HashSet::new(),
+                waiting_since: None,
             }),
             notify: Notify::new(),
         }
@@ -164,6 +167,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         } else if state.queued.insert(key.clone()) {
             state.causes.insert(key.clone(), cause);
             state.ready.push_back(key);
+            state.waiting_since.get_or_insert_with(Instant::now);
         }
     }
 
@@ -199,6 +203,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                     state.in_flight.insert(key.clone());
                     let cause = state.causes.remove(&key).unwrap_or(Cause::Requeue);
                     let more = !state.ready.is_empty();
+                    state.waiting_since = more.then(Instant::now);
                     drop(state);
                     if more {
                         // Pass the baton: another worker may take the next key.
@@ -218,6 +223,20 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                 None => notified.await,
             }
         }
+    }
+
+    /// How long work has been waiting with no key handed out: ready keys, or delayed
+    /// ones past their time (which only a waiting worker promotes). `None` when
+    /// nothing waits. Long waits mean no worker is taking work.
+    pub fn unserved_for(&self) -> Option<Duration> {
+        let state = self.lock();
+        let now = Instant::now();
+        let due = state.deadlines.first().map(|&(at, _)| at).filter(|at| *at <= now);
+        let since = match (state.waiting_since, due) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(now.saturating_duration_since(since))
     }
 
     /// Marks `key` as no longer in flight; if it was triggered meanwhile it is queued
@@ -241,6 +260,9 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         state.causes.remove(key);
         if state.queued.remove(key) {
             state.ready.retain(|k| k != key);
+            if state.ready.is_empty() {
+                state.waiting_since = None;
+            }
         }
     }
 
@@ -328,6 +350,31 @@ mod tests {
         queue.forget(&"b");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(next_now(&queue).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unserved_work_is_measured_from_when_it_became_ready() {
+        let queue = WorkQueue::new();
+        assert_eq!(queue.unserved_for(), None, "an empty queue waits for nothing");
+        tokio::time::advance(Duration::from_secs(600)).await;
+        queue.enqueue("a", Cause::Primary);
+        queue.enqueue("b", Cause::Primary);
+        // An idle hour before does not count: the wait starts at the enqueue.
+        assert_eq!(queue.unserved_for(), Some(Duration::ZERO));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(queue.unserved_for(), Some(Duration::from_secs(5)));
+        // A handout restarts the clock for what is left; the last one stops it.
+        assert_eq!(next_now(&queue).await, Some("a"));
+        assert_eq!(queue.unserved_for(), Some(Duration::ZERO));
+        assert_eq!(next_now(&queue).await, Some("b"));
+        assert_eq!(queue.unserved_for(), None);
+        // A delayed key past its time waits too, though no worker promoted it.
+        queue.enqueue_after("c", Duration::from_secs(1), Cause::Requeue);
+        assert_eq!(queue.unserved_for(), None);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(queue.unserved_for(), Some(Duration::from_secs(3)));
+        queue.forget(&"c");
+        assert_eq!(queue.unserved_for(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -162,6 +162,7 @@ fn config(namespace: &str) -> OperatorConfig {
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("hot-swap-test".into()),
         policy: Default::default(),
+        stall_timeout: std::time::Duration::from_secs(300),
     }
 }
 

@@ -490,6 +490,7 @@ async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> 
             backoff: Default::default(),
             instance: Some(identity.into()),
             policy: Default::default(),
+            stall_timeout: std::time::Duration::from_secs(300),
         };
         let client = client.clone();
         async move {
@@ -566,6 +567,75 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     Ok((code, body.to_owned()))
+}
+
+/// A module whose calls for primaries named `hang-*` never return, as a reconcile
+/// stuck on a hung API call would be (the wasm call itself has a deadline).
+struct HangingModule(Manifest);
+
+impl wasm_operator::Module for HangingModule {
+    fn manifest(&self) -> &Manifest {
+        &self.0
+    }
+
+    fn digest(&self) -> &str {
+        "sha256:hanging"
+    }
+
+    fn reconcile(
+        &self,
+        snapshot_json: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<(Outcome, Duration), wasm_operator::ModuleCallError>>
+    {
+        let hangs = reconcile_sdk::decode_snapshot(&snapshot_json)
+            .is_ok_and(|snapshot| name_of(&snapshot).starts_with("hang-"));
+        Box::pin(async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            Ok((Outcome::actions(Vec::new()), Duration::ZERO))
+        })
+    }
+}
+
+#[tokio::test]
+async fn healthz_fails_when_every_worker_is_stuck_and_work_waits() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "op-stall").await?;
+    let ns = ns.name().to_owned();
+    let module = Arc::new(HangingModule(configmap_mirror::manifest()));
+    let config = wasm_operator::OperatorConfig {
+        scope: wasm_operator::Scope { namespace: Some(ns.clone()), label_selector: None },
+        concurrency: 2,
+        http_addr: Some("127.0.0.1:0".parse()?),
+        leader: None,
+        backoff: Default::default(),
+        instance: None,
+        policy: Default::default(),
+        stall_timeout: Duration::from_secs(2),
+    };
+    let op =
+        wasm_operator::RunningOperator::start(client.clone(), "the test cluster", module, config).await?;
+    let addr = some(op.http_addr(), "the HTTP address")?;
+    wait_ready(&op).await?;
+    // A healthy replica with nothing to do, and one that keeps up, stay healthy.
+    create_mirror(&client, &ns, "fine", json!({})).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(http_get(addr, "/healthz").await?, (200, "ok\n".to_owned()));
+    // Both workers stuck, and a third primary waiting: unhealthy, with the reason.
+    for name in ["hang-1", "hang-2", "waiting"] {
+        create_mirror(&client, &ns, name, json!({})).await?;
+    }
+    let body = eventually("/healthz to fail", || async {
+        let (code, body) = http_get(addr, "/healthz").await?;
+        Ok((code == 503).then_some(body))
+    })
+    .await?;
+    assert!(body.contains("no worker taking it"), "{body}");
+    // Not shut down: that waits for the reconciles in flight, which never end. The
+    // test's runtime drops the tasks.
+    drop(op);
+    Ok(())
 }
 
 #[tokio::test]
@@ -692,6 +762,7 @@ async fn the_label_selector_scopes_which_primaries_are_reconciled() -> Result<()
         backoff: Default::default(),
         instance: None,
         policy: Default::default(),
+        stall_timeout: std::time::Duration::from_secs(300),
     };
     let op = RunningOperator::start(client.clone(), "the test cluster", module.clone(), config).await?;
     wait_ready(&op).await?;

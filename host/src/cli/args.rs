@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// How many primaries may reconcile at once; also bounds concurrent module calls.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Seconds work may wait in the queue with no worker taking it before /healthz
+    /// fails (and Kubernetes restarts the pod).
+    #[arg(long = "stall-timeout", default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout_seconds: u64,
     /// Only reconcile while holding a coordination.k8s.io Lease, so that several
     /// replicas can run for availability.
     #[arg(long)]

@@ -6,7 +6,7 @@ use super::failure::Failure;
 use crate::control::{Backoff, LeaseConfig};
 use crate::lifecycle::{ModuleSource, load_module};
 use crate::{OperatorConfig, Scope, connect, start_from_source};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// `wasm-operator run`.
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
@@ -47,6 +47,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         backoff: Backoff::default(),
         instance: Some(instance),
         policy: args.policy.policy(&args.outcome),
+        stall_timeout: Duration::from_secs(args.stall_timeout_seconds),
     };
     let operator = tokio::select! {
         operator = start_from_source(client, &server, &source, &sandbox, config) => {

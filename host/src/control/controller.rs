@@ -15,7 +15,10 @@
 //! - no reconcile runs before every watch has delivered its initial list, so a
 //!   snapshot never shows an existing object as missing;
 //! - workers run only while `leading` is true; when it turns false, or on shutdown,
-//!   they finish their reconcile in flight and stop.
+//!   they finish their reconcile in flight and stop;
+//! - [`Controller::health`] fails while leading if no worker is alive, or if work has
+//!   waited in the queue longer than the stall timeout with no key handed out, so
+//!   that `/healthz` makes Kubernetes restart a replica that stopped reconciling.
 
 use super::attempt::{Attempt, Done, Stop};
 use super::backoff::{Backoff, Failures};
@@ -33,6 +36,7 @@ use kube::Client;
 use kube::runtime::events::EventType as KubeEventType;
 use reconcile_sdk::LastFailure;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
@@ -112,6 +116,9 @@ pub struct Controller {
     queue: Arc<WorkQueue<ObjectKey>>,
     failures: Mutex<Failures<ObjectKey>>,
     budget: Mutex<WriteBudget<ObjectKey>>,
+    // Workers alive, and whether they should be (this replica leads).
+    workers: AtomicUsize,
+    leading: AtomicBool,
     metrics: Arc<Metrics>,
     policy: AdminPolicy,
     clock: fn() -> SystemTime,
@@ -141,6 +148,8 @@ impl Controller {
             queue,
             failures: Mutex::new(Failures::new(backoff)),
             budget: Mutex::new(WriteBudget::new(policy.writes)),
+            workers: AtomicUsize::new(0),
+            leading: AtomicBool::new(false),
             metrics,
             policy,
             clock: SystemTime::now,
@@ -201,6 +210,25 @@ impl Controller {
         self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether reconciling goes on: while this replica leads, some worker is alive and
+    /// no work has waited unserved for longer than `stall`. The error says which.
+    pub fn health(&self, stall: Duration) -> Result<(), String> {
+        if !self.leading.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.workers.load(Ordering::Acquire) == 0 {
+            return Err("leading, but no reconcile worker is running".to_owned());
+        }
+        match self.queue.unserved_for() {
+            Some(waited) if waited > stall => Err(format!(
+                "work has waited {}s in the queue with no worker taking it (stall timeout {}s)",
+                waited.as_secs(),
+                stall.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Takes `writes` mutating requests of `bytes` from `key`'s write budget, all or
     /// nothing.
     pub(crate) fn take_writes(&self, key: &ObjectKey, writes: u32, bytes: u64) -> Result<(), OverBudget> {
@@ -227,8 +255,14 @@ impl Controller {
                 self.queue.enqueue(key, Cause::Resync);
             }
             let (stop_tx, stop_rx) = watch::channel(false);
-            let workers: Vec<_> =
-                (0..concurrency.max(1)).map(|_| tokio::spawn(self.clone().worker(stop_rx.clone()))).collect();
+            // Counted before they start, so that health never sees a leader without.
+            let workers: Vec<_> = (0..concurrency.max(1))
+                .map(|_| {
+                    self.workers.fetch_add(1, Ordering::AcqRel);
+                    tokio::spawn(self.clone().worker(stop_rx.clone()))
+                })
+                .collect();
+            self.leading.store(true, Ordering::Release);
             let shutting_down = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => true,
@@ -237,6 +271,7 @@ impl Controller {
             // The elector ends (closing `leading`) on shutdown too: that is not a
             // loss of leadership.
             let shutting_down = shutting_down || *shutdown.borrow();
+            self.leading.store(false, Ordering::Release);
             let _ = stop_tx.send(true);
             for worker in workers {
                 if let Err(err) = worker.await {
@@ -251,6 +286,14 @@ impl Controller {
     }
 
     async fn worker(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        // Uncounted however the task ends (a panic outside a reconcile too).
+        struct Alive<'a>(&'a AtomicUsize);
+        impl Drop for Alive<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _alive = Alive(&self.workers);
         loop {
             let (key, cause) = tokio::select! {
                 biased;

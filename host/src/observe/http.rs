@@ -1,6 +1,8 @@
 //! The HTTP endpoints on `--http-addr`: `/metrics`, `/healthz`, `/readyz`, `/module`.
 //!
-//! - `/healthz` answers 200 while the process serves requests at all;
+//! - `/healthz` answers 200 while the replica reconciles (or is a follower), and 503
+//!   with the reason when it leads but has stopped: no worker alive, or work waiting
+//!   in the queue past the stall timeout. Kubernetes then restarts the pod;
 //! - `/readyz` answers 200 once every watch has delivered its initial list (with
 //!   leader election, regardless of leadership: a follower is ready to take over),
 //!   503 before;
@@ -29,13 +31,15 @@ pub struct HttpState {
     pub active: Arc<ActiveModule>,
     /// Whether the caches are synced.
     pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether reconciling goes on, or why not.
+    pub healthy: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
 /// The router of the endpoints.
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/module", get(module))
         .with_state(state)
@@ -47,6 +51,13 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+async fn healthz(State(state): State<HttpState>) -> Response {
+    match (state.healthy)() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

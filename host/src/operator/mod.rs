@@ -23,6 +23,7 @@ use crate::runtime::{EngineError, ModuleCaller, SandboxConfig, SandboxEngine};
 use kube::Client;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch as channel;
 use tokio::task::JoinHandle;
 
@@ -42,8 +43,11 @@ pub struct OperatorConfig {
     /// The events' reportingInstance.
     pub instance: Option<String>,
     /// What the administrator allows any module: kinds, Secrets, workload content,
-    /// the caps on one outcome.
+    /// the caps on one outcome, the write budget.
     pub policy: AdminPolicy,
+    /// How long work may wait in the queue, with no worker taking it, before
+    /// `/healthz` fails.
+    pub stall_timeout: Duration,
 }
 
 /// Why the operator could not start.
@@ -210,8 +214,15 @@ impl RunningOperator {
         let (shutdown, shutdown_rx) = channel::channel(false);
         let (http_addr, http_task) = match config.http_addr {
             Some(addr) => {
-                let (local, task) =
-                    serve_http(addr, &controller, &active, &metrics, shutdown_rx.clone()).await?;
+                let (local, task) = serve_http(
+                    addr,
+                    &controller,
+                    &active,
+                    &metrics,
+                    config.stall_timeout,
+                    shutdown_rx.clone(),
+                )
+                .await?;
                 (Some(local), Some(task))
             }
             None => (None, None),
@@ -306,6 +317,7 @@ async fn serve_http(
     controller: &Arc<Controller>,
     active: &Arc<ActiveModule>,
     metrics: &Arc<Metrics>,
+    stall_timeout: Duration,
     shutdown: channel::Receiver<bool>,
 ) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
     let listener =
@@ -315,7 +327,11 @@ async fn serve_http(
         let controller = controller.clone();
         Arc::new(move || controller.wiring().watches.caches.synced())
     };
-    let router = http::router(HttpState { metrics: metrics.clone(), active: active.clone(), ready });
+    let healthy = {
+        let controller = controller.clone();
+        Arc::new(move || controller.health(stall_timeout))
+    };
+    let router = http::router(HttpState { metrics: metrics.clone(), active: active.clone(), ready, healthy });
     tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz and /module");
     Ok((local, tokio::spawn(http::serve(listener, router, shutdown))))
 }

@@ -152,6 +152,7 @@ pub async fn start_operator_with_policy(
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("test".into()),
         policy,
+        stall_timeout: std::time::Duration::from_secs(300),
     };
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
