@@ -88,6 +88,11 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), ManifestError> {
     if manifest.field_manager.len() > 128 {
         return Err(invalid("fieldManager", "field manager (at most 128 bytes)", &manifest.field_manager));
     }
+    // It is also the events' reportingController, which the events API refuses unless
+    // it is a qualified name: every event of the module would fail.
+    if !is_qualified_name(&manifest.field_manager) {
+        return Err(invalid("fieldManager", "qualified name", &manifest.field_manager));
+    }
     non_empty("ownerLabel", &manifest.owner_label)?;
     if !is_qualified_name(&manifest.owner_label) {
         return Err(invalid("ownerLabel", "qualified name", &manifest.owner_label));
@@ -295,6 +300,8 @@ mod tests {
             (with(&["name"], json!("")), "`name` is empty"),
             (with(&["version"], json!(" ")), "`version` is empty"),
             (with(&["fieldManager"], json!("")), "`fieldManager` is empty"),
+            (with(&["fieldManager"], json!("bounded events")), "`fieldManager` is not a valid qualified name"),
+            (with(&["fieldManager"], json!("-dash")), "`fieldManager` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("not a label")), "`ownerLabel` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("Bad_Domain/x")), "`ownerLabel` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("app.kubernetes.io/instance")), "must have the primary's API group"),
