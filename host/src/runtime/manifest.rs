@@ -300,7 +300,10 @@ mod tests {
             (with(&["name"], json!("")), "`name` is empty"),
             (with(&["version"], json!(" ")), "`version` is empty"),
             (with(&["fieldManager"], json!("")), "`fieldManager` is empty"),
-            (with(&["fieldManager"], json!("bounded events")), "`fieldManager` is not a valid qualified name"),
+            (
+                with(&["fieldManager"], json!("bounded events")),
+                "`fieldManager` is not a valid qualified name",
+            ),
             (with(&["fieldManager"], json!("-dash")), "`fieldManager` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("not a label")), "`ownerLabel` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("Bad_Domain/x")), "`ownerLabel` is not a valid qualified name"),
