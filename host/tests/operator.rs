@@ -557,18 +557,6 @@ async fn startup_names_the_fix_when_the_primary_crd_is_missing() -> Result<()> {
     Ok(())
 }
 
-/// A plain HTTP/1.0 GET: status code and body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((code, body.to_owned()))
-}
-
 /// A module whose calls for primaries named `hang-*` never return, as a reconcile
 /// stuck on a hung API call would be (the wasm call itself has a deadline).
 struct HangingModule(Manifest);

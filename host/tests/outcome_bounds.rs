@@ -31,11 +31,6 @@ fn event(message: String) -> Action {
     Action::Event { event_type: EventType::Normal, reason: "Bounded".into(), message }
 }
 
-/// How often the module was called for the primary `name`.
-fn calls_of(module: &NativeModule, name: &str) -> usize {
-    module.calls.lock().unwrap().iter().filter(|s| name_of(s) == name).count()
-}
-
 /// Waits until the module was called `times` times for the primary `name`.
 async fn wait_called(module: &NativeModule, name: &str, times: usize) -> Result<()> {
     eventually(&format!("{times} calls for {name}"), || async {

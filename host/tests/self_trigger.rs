@@ -22,10 +22,6 @@ fn manifest() -> Manifest {
     }
 }
 
-fn calls_of(module: &NativeModule, name: &str) -> usize {
-    module.calls.lock().unwrap().iter().filter(|s| name_of(s) == name).count()
-}
-
 /// Waits until the module has not been called for `quiet`; its call count then.
 async fn settle(module: &NativeModule, quiet: Duration) -> Result<usize> {
     let mut seen = module.call_count();

@@ -32,24 +32,13 @@ async fn etcd_db_size() -> Result<Option<u64>> {
     let Some(port) = state.lines().find_map(|line| line.strip_prefix("ETCD_CLIENT_PORT=")) else {
         return Ok(None);
     };
-    let metrics = http_get(&format!("http://127.0.0.1:{}/metrics", port.trim_matches('\''))).await?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", port.trim_matches('\'')).parse()?;
+    let (_, metrics) = http_get(addr, "/metrics").await?;
     let size = metrics
         .lines()
         .find_map(|line| line.strip_prefix("etcd_mvcc_db_total_size_in_bytes "))
         .context("etcd reports no etcd_mvcc_db_total_size_in_bytes")?;
     Ok(Some(size.trim().parse::<f64>()? as u64))
-}
-
-/// A plain HTTP GET on loopback.
-async fn http_get(url: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let rest = url.strip_prefix("http://").context("not an http URL")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
 }
 
 #[tokio::test]

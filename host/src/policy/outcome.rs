@@ -99,37 +99,35 @@ fn describe_apply(object: &serde_json::Value) -> String {
 
 /// The size of `value`'s JSON, in bytes, counted without building it.
 pub fn json_size(value: &impl Serialize) -> u64 {
-    struct Counter(u64);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 = self.0.saturating_add(buf.len() as u64);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    // Counting cannot fail, and a Value always serializes.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
+    counted(value, u64::MAX).unwrap_or(u64::MAX)
 }
 
 /// Whether `value`'s JSON is at most `limit` bytes; stops serializing once over.
 fn fits(value: &impl Serialize, limit: usize) -> bool {
+    counted(value, limit as u64).is_some()
+}
+
+/// The size of `value`'s JSON if it is at most `limit` bytes; serializing stops once
+/// it is over.
+fn counted(value: &impl Serialize, limit: u64) -> Option<u64> {
     struct Counter {
-        left: usize,
+        written: u64,
+        limit: u64,
     }
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.left = self.left.checked_sub(buf.len()).ok_or(std::io::ErrorKind::FileTooLarge)?;
+            self.written = self.written.saturating_add(buf.len() as u64);
+            if self.written > self.limit {
+                return Err(std::io::ErrorKind::FileTooLarge.into());
+            }
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    serde_json::to_writer(Counter { left: limit }, value).is_ok()
+    let mut counter = Counter { written: 0, limit };
+    serde_json::to_writer(&mut counter, value).ok().map(|()| counter.written)
 }
 
 #[cfg(test)]

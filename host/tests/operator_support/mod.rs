@@ -162,6 +162,23 @@ pub fn name_of(snapshot: &Snapshot) -> String {
     snapshot.object["metadata"]["name"].as_str().unwrap_or_default().to_owned()
 }
 
+/// How often `module` was called for the primary `name`.
+pub fn calls_of(module: &NativeModule, name: &str) -> usize {
+    module.calls.lock().unwrap().iter().filter(|s| name_of(s) == name).count()
+}
+
+/// A plain HTTP/1.0 GET on loopback: status code and body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_owned()))
+}
+
 /// Waits until `module` saw a `lastFailure` for the primary `name` containing `text`.
 pub async fn wait_last_failure(module: &NativeModule, name: &str, text: &str) -> Result<String> {
     eventually(&format!("{name}'s lastFailure to say {text:?}"), || async {
