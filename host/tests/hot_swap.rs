@@ -6,8 +6,8 @@
 //! - a swap from the DittoFS module to its v2 build (feature `v2-annotation`) while
 //!   50 DittoServers are being created: all converge, all end with v2's behaviour,
 //!   no reconcile fails;
-//! - refused candidates (corrupt, gzip-corrupt, an import, ABI 2, a trap and an
-//!   endless loop in the smoke reconcile) leave v1 serving, are reported (metric,
+//! - refused candidates (corrupt, gzip-corrupt, an import, a compile bomb, ABI 2, a
+//!   trap and an endless loop in the smoke reconcile) leave v1 serving, are reported (metric,
 //!   Warning event on the ConfigMap, `/module`), and v1 keeps converging new objects;
 //!   the operator waits at start until the ConfigMap holds a valid module;
 //! - a manifest that adds a related kind (configmap-mirror with feature `services`)
@@ -125,6 +125,17 @@ async fn mirror_services_wasm() -> Result<Vec<u8>> {
 fn fixture(name: &str) -> Result<Vec<u8>> {
     let path = repo_root().join("tests/fixtures").join(name);
     wat::parse_file(&path).with_context(|| format!("cannot parse {}", path.display()))
+}
+
+/// `minimal.wat` with one more function: about 1 MiB of loops, a few bytes each, the
+/// pattern Cranelift's register allocator is slowest on (a 64 KiB body of it takes
+/// about 12 s to compile in a release build; this one, sixteen times the size, about an hour). Gzipped for
+/// a ConfigMap it is a few KiB.
+fn compile_bomb() -> Result<Vec<u8>> {
+    let source = std::fs::read_to_string(repo_root().join("tests/fixtures/minimal.wat"))?;
+    let end = source.rfind(')').context("minimal.wat ends with its module's `)`")?;
+    let body = "(loop (br_if 0 (local.get 0)))".repeat(150_000);
+    Ok(wat::parse_str(format!("{} (func $bomb (param i32) {body}))", &source[..end]))?)
 }
 
 fn sandbox() -> SandboxConfig {
@@ -338,6 +349,9 @@ async fn rejected_candidates_leave_the_active_module_serving() -> Result<()> {
         ("corrupt", b"\0asm\x01\0\0\0garbage after a valid header".to_vec(), "compile", "does not compile"),
         ("gzip", corrupt_gzip, "decode", "gzip"),
         ("import", fixture("with-import.wat")?, "imports", "imports"),
+        // Refused from its bytes, before compiling: without the limit the load would
+        // not end, and `eventually` below would time out.
+        ("bomb", compress_for_configmap(&compile_bomb()?)?, "limits", "more than the limit of 65536"),
         ("abi2", fixture("wrong-abi.wat")?, "abi", "abi 2"),
         ("trap", fixture("trap-in-smoke.wat")?, "smoke", "smoke reconcile"),
         ("slow", fixture("slow-in-smoke.wat")?, "smoke", "deadline"),

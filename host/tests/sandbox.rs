@@ -441,6 +441,24 @@ fn compiled_modules_are_cached_on_disk() {
 }
 
 #[test]
+fn only_accepted_modules_are_cached_in_a_private_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cache");
+    let options = SandboxConfig { cache: ModuleCache::Dir(dir.clone()), ..options() };
+    let engine = SandboxEngine::new(&options).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let entries = || std::fs::read_dir(&dir).unwrap().count();
+    // Compiled, then refused by a later check: nothing is written.
+    for refused in ["trap-in-smoke", "invalid-manifest", "wrong-abi"] {
+        engine.load(&fixture(refused)).expect_err(refused);
+    }
+    assert_eq!(entries(), 0, "a refused module left compiled code in the cache");
+    engine.load(&fixture("minimal")).unwrap();
+    assert_eq!(entries(), 1);
+}
+
+#[test]
 fn a_broken_cache_never_stops_the_host() {
     let dir = tempfile::tempdir().unwrap();
     let not_a_dir = dir.path().join("file");

@@ -5,7 +5,7 @@ use crate::lifecycle::ConfigMapSource;
 use crate::policy::{
     AdminPolicy, GroupKind, OutcomeLimits, PodSecurityLevel, WorkloadPolicy, WriteBudgetConfig,
 };
-use crate::runtime::{ModuleCache, SandboxConfig, SandboxLimits};
+use crate::runtime::{CompileLimits, ModuleCache, SandboxConfig, SandboxLimits};
 use clap::{Args, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,8 +47,19 @@ pub struct SandboxArgs {
     /// Maximum wasm stack of one module call, in KiB.
     #[arg(long, default_value_t = 512, value_name = "KIB")]
     pub stack_limit_kib: u64,
+    /// Largest function body a module may have, in KiB. Checked before compiling:
+    /// compile time grows with the square of a function's size (the DittoFS module's
+    /// largest is 16 KiB).
+    #[arg(long, default_value_t = 64, value_name = "KIB")]
+    pub max_function_kib: u32,
+    /// How long compiling a module may take, in seconds, before it is refused.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub compile_timeout: u64,
     /// Directory of the on-disk cache of compiled modules (default:
-    /// `${XDG_CACHE_HOME:-$HOME/.cache}/wasm-operator`).
+    /// `${XDG_CACHE_HOME:-$HOME/.cache}/wasm-operator`). Only modules that passed
+    /// every load check are cached. The directory is created with mode 0700; an
+    /// existing one must be owned by the operator's user and closed to others (or the
+    /// cache is turned off, with a warning that says how to fix it).
     #[arg(long, value_name = "DIR", env = "WASM_OPERATOR_MODULE_CACHE_DIR")]
     pub module_cache_dir: Option<PathBuf>,
     /// Compile modules on every load instead of using the on-disk cache.
@@ -340,7 +351,12 @@ impl SandboxArgs {
             (Some(dir), false) => ModuleCache::Dir(dir.clone()),
             (None, false) => ModuleCache::Default,
         };
-        SandboxConfig { limits, cache, ..SandboxConfig::default() }.for_concurrency(concurrency)
+        let compile = CompileLimits {
+            max_function_body_bytes: self.max_function_kib.saturating_mul(KIB as u32),
+            compile_timeout: Duration::from_secs(self.compile_timeout),
+            ..CompileLimits::default()
+        };
+        SandboxConfig { limits, compile, cache, ..SandboxConfig::default() }.for_concurrency(concurrency)
     }
 }
 

@@ -75,6 +75,7 @@ pub struct Refusal {
 pub fn load_reason(err: &LoadError) -> &'static str {
     match err {
         LoadError::Read { .. } => "read",
+        LoadError::Limits(_) => "limits",
         LoadError::Compile(_) => "compile",
         LoadError::Imports { .. } => "imports",
         LoadError::MissingExport { .. } | LoadError::WrongExport { .. } => "exports",

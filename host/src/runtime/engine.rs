@@ -1,5 +1,5 @@
-//! The process-wide wasmtime engine: compiler, sandbox configuration, epoch clock and
-//! compiled-module cache.
+//! The process-wide wasmtime engine: compiler, sandbox configuration, compile
+//! limits, epoch clock and compiled-module cache.
 //!
 //! Guarantees:
 //! - One [`SandboxEngine`] serves every module version; it is cheap to clone and
@@ -9,27 +9,28 @@
 //!   worth of ticks has passed. The thread stops when the last clone is dropped.
 //! - Modules get nothing from the host: the [`Linker`] is empty (no WASI, no host
 //!   functions), so a module can only compute on the bytes it is given.
-//! - Compiled code is cached on disk by wasmtime, keyed by the module's digest, the
-//!   engine's configuration and the wasmtime version. The cache is an
-//!   optimisation only: when it cannot be set up the engine compiles every time, and
-//!   wasmtime ignores (and logs) failures to read or write entries.
-//!   The cache directory must be writable only by the host: wasmtime trusts what it
-//!   finds there.
+//! - What compiling a candidate may cost is bounded by [`CompileLimits`], checked on
+//!   the bytes before anything is compiled ([`precheck`](super::precheck)).
+//! - Compiled code of accepted modules is cached on disk by the host's own
+//!   [`CompiledCache`], keyed by the module's digest and the engine's compatibility
+//!   hash, in a directory only the host's user can enter. The cache is an
+//!   optimisation only: when it cannot be set up the engine compiles every time
+//!   (with a warning that says why), and unusable entries are removed.
 //! - With the pooling allocator, instance slots are reserved once and reused with
 //!   copy-on-write memory images, which makes the per-call fresh instance cheap. If
 //!   the pool cannot be reserved (a small address-space limit, say), the engine falls
 //!   back to allocating each instance on demand, with a warning.
 
+use super::cache::{CompiledCache, DEFAULT_MAX_BYTES};
 use super::call::CallState;
 use super::limits::{LimitsError, SandboxLimits};
+use super::precheck::CompileLimits;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
-use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig,
-};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Linker, PoolingAllocationConfig};
 
 /// Where compiled modules are cached.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -60,6 +61,8 @@ pub enum Allocator {
 pub struct SandboxConfig {
     /// What one call may consume; checked by [`SandboxEngine::new`].
     pub limits: SandboxLimits,
+    /// What compiling one module may cost.
+    pub compile: CompileLimits,
     /// The compiled-module cache.
     pub cache: ModuleCache,
     /// The instance allocator.
@@ -76,6 +79,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             limits: SandboxLimits::default(),
+            compile: CompileLimits::default(),
             cache: ModuleCache::Default,
             allocator: Allocator::Pooling,
             max_instances: 32,
@@ -119,8 +123,9 @@ struct EngineInner {
     engine: Engine,
     linker: Linker<CallState>,
     limits: SandboxLimits,
+    compile: CompileLimits,
     deadline_ticks: u64,
-    cache: Option<Cache>,
+    cache: Option<CompiledCache>,
     allocator: Allocator,
     // Dropping the sender stops the epoch thread.
     _epoch_clock: mpsc::Sender<()>,
@@ -144,18 +149,18 @@ impl SandboxEngine {
         let limits = options.limits;
         let cache = open_cache(&options.cache);
         let engine = match options.allocator {
-            Allocator::Pooling => match Engine::new(&config(&limits, options, cache.clone(), true)) {
+            Allocator::Pooling => match Engine::new(&config(&limits, options, true)) {
                 Ok(engine) => engine,
                 Err(err) => {
                     tracing::warn!(
                         error = %err,
                         "cannot reserve the instance pool; allocating instances on demand (slower calls)"
                     );
-                    Engine::new(&config(&limits, options, cache.clone(), false))
+                    Engine::new(&config(&limits, options, false))
                         .map_err(|err| EngineError::Config(err.into()))?
                 }
             },
-            Allocator::OnDemand => Engine::new(&config(&limits, options, cache.clone(), false))
+            Allocator::OnDemand => Engine::new(&config(&limits, options, false))
                 .map_err(|err| EngineError::Config(err.into()))?,
         };
         let tick = options.epoch_tick.max(Duration::from_millis(1));
@@ -170,6 +175,7 @@ impl SandboxEngine {
                 linker: Linker::new(&engine),
                 engine,
                 limits,
+                compile: options.compile,
                 deadline_ticks,
                 cache,
                 allocator: options.allocator,
@@ -183,14 +189,23 @@ impl SandboxEngine {
         &self.inner.limits
     }
 
+    /// What compiling one module may cost.
+    pub fn compile_limits(&self) -> &CompileLimits {
+        &self.inner.compile
+    }
+
     /// The compiled-module cache directory, if the cache is on.
     pub fn cache_dir(&self) -> Option<&std::path::Path> {
-        self.inner.cache.as_ref().map(|cache| cache.directory().as_path())
+        self.inner.cache.as_ref().map(CompiledCache::dir)
     }
 
     /// Compiled-module cache hits and misses so far (both 0 without a cache).
-    pub fn cache_stats(&self) -> (usize, usize) {
-        self.inner.cache.as_ref().map_or((0, 0), |cache| (cache.cache_hits(), cache.cache_misses()))
+    pub fn cache_stats(&self) -> (u64, u64) {
+        self.inner.cache.as_ref().map_or((0, 0), CompiledCache::stats)
+    }
+
+    pub(crate) fn cache(&self) -> Option<&CompiledCache> {
+        self.inner.cache.as_ref()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -211,20 +226,19 @@ impl SandboxEngine {
 /// module on this engine runs without a deadline; the host never runs one so.
 #[doc(hidden)]
 pub fn engine_without_deadline(options: &SandboxConfig) -> Result<Engine, EngineError> {
-    let mut config = config(&options.limits, options, None, true);
+    let mut config = config(&options.limits, options, true);
     config.epoch_interruption(false);
     Engine::new(&config).map_err(|err| EngineError::Config(err.into()))
 }
 
-fn config(limits: &SandboxLimits, options: &SandboxConfig, cache: Option<Cache>, pooling: bool) -> Config {
+fn config(limits: &SandboxLimits, options: &SandboxConfig, pooling: bool) -> Config {
     let mut config = Config::new();
     config
         .epoch_interruption(true)
         .max_wasm_stack(limits.stack_bytes)
         // Instances start from a copy-on-write image of the module's initial memory
         // instead of copying its data segments on every call.
-        .memory_init_cow(true)
-        .cache(cache);
+        .memory_init_cow(true);
     if pooling {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_core_instances(options.max_instances)
@@ -257,18 +271,16 @@ fn config(limits: &SandboxLimits, options: &SandboxConfig, cache: Option<Cache>,
 /// dirtied pages are reset.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
 
-fn open_cache(setting: &ModuleCache) -> Option<Cache> {
+fn open_cache(setting: &ModuleCache) -> Option<CompiledCache> {
     let dir = match setting {
         ModuleCache::Disabled => return None,
-        ModuleCache::Dir(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        ModuleCache::Dir(dir) => dir.clone(),
         ModuleCache::Default => default_cache_dir()?,
     };
-    let mut config = CacheConfig::new();
-    config.with_directory(&dir);
-    match Cache::new(config) {
+    match CompiledCache::open(&dir, DEFAULT_MAX_BYTES) {
         Ok(cache) => Some(cache),
         Err(err) => {
-            tracing::warn!(dir = %dir.display(), error = %err, "compiled-module cache disabled");
+            tracing::warn!(error = %crate::error_chain(&err), "compiled-module cache disabled");
             None
         }
     }

@@ -3,11 +3,11 @@
 //! Lifecycles are kept apart, as wasmtime documents them:
 //! - [`SandboxEngine`]: one per process, built from a [`SandboxConfig`]. Cranelift,
 //!   epoch interruption with a clock thread, the stack limit, the pooling allocator with copy-on-write memory images,
-//!   wasmtime's on-disk compiled-module cache, and one empty linker (no WASI, no host
-//!   functions).
+//!   the [`CompileLimits`] of candidates, the host's on-disk cache of accepted modules'
+//!   compiled code, and one empty linker (no WASI, no host functions).
 //! - [`LoadedModule`]: one per module version, from [`SandboxEngine::load`], which runs
 //!   the whole acceptance check of docs/abi.md, *Hot swap acceptance checks*
-//!   (imports, exports, ABI version, manifest, smoke reconcile), and fails with a [`LoadError`] naming the failed check.
+//!   (compile limits, imports, exports, ABI version, manifest, smoke reconcile), and fails with a [`LoadError`] naming the failed check.
 //!   Immutable and shared as `Arc`; the operator's `ActiveModule` swaps it.
 //! - A fresh store and instance per call, from the module's one `InstancePre`, capped
 //!   by [`SandboxLimits`]; every failure is a typed [`CallError`], never a panic.
@@ -29,12 +29,14 @@
 //! Error messages never repeat their causes: print an error with
 //! [`error_chain`](crate::error_chain), which joins the whole chain on one line.
 
+mod cache;
 mod call;
 mod caller;
 mod engine;
 mod limits;
 mod manifest;
 mod module;
+mod precheck;
 
 pub use call::{CallError, CallStage, Reply};
 pub use caller::ModuleCaller;
@@ -44,3 +46,4 @@ pub use engine::{
 pub use limits::{LimitsError, MAX_MEMORY_BYTES, MAX_STACK_BYTES, MIN_STACK_BYTES, SandboxLimits};
 pub use manifest::{ManifestError, validate_manifest};
 pub use module::{LoadError, LoadedModule, digest};
+pub use precheck::{CompileLimits, PrecheckError};

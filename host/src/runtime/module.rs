@@ -12,11 +12,16 @@
 //!   keep the version they started on.
 //!
 //! The checks run in the order of [`LoadError`]'s variants and stop at the first
-//! failure, which is named in the error.
+//! failure, which is named in the error. The first ones ([`precheck`]: size and
+//! shape, imports, the `memory` and `reconcile_abi_version` exports) read only the
+//! bytes, so a module that would be costly to compile is refused before it is
+//! compiled; compiling then runs with a timeout ([`compile_with_timeout`]). Only a
+//! module that passed every check is written to the compiled-module cache.
 
 use super::call::{CallError, ExportIndices, Program, Reply};
 use super::engine::SandboxEngine;
 use super::manifest::{ManifestError, validate_manifest};
+use super::precheck::{CompileError, PrecheckError, compile_with_timeout, precheck};
 use reconcile_sdk::{ABI_VERSION, Manifest, Snapshot};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -35,6 +40,11 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The module is larger or more costly to compile than
+    /// [`CompileLimits`](super::CompileLimits) allow, or compiling it took longer than
+    /// their timeout.
+    #[error("module exceeds the compile limits")]
+    Limits(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The bytes are not a valid WebAssembly module, or do not fit the sandbox.
     #[error("module does not compile")]
     Compile(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -125,6 +135,7 @@ impl std::fmt::Debug for LoadedModule {
 
 /// The exports of ABI v1 and their types, in the order they are checked.
 const MEMORY: &str = "memory";
+const MEMORY_TYPE: &str = "a 32-bit unshared memory";
 const ABI_VERSION_FN: (&str, &str) = ("reconcile_abi_version", "() -> i32");
 const FUNCTIONS: [(&str, &str); 4] = [
     ("reconcile_alloc", "(i32) -> i32"),
@@ -140,15 +151,25 @@ impl SandboxEngine {
     /// async executor (see [`SandboxEngine::load_async`]).
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
         let digest = digest(bytes);
-        let module = Module::new(self.engine(), bytes).map_err(|err| LoadError::Compile(err.into()))?;
-
-        let imports: Vec<String> = module
-            .imports()
-            .map(|import| format!("{}::{} ({})", import.module(), import.name(), extern_kind(&import.ty())))
-            .collect();
-        if !imports.is_empty() {
-            return Err(LoadError::Imports { imports });
-        }
+        let limits = self.compile_limits();
+        precheck(bytes, limits).map_err(refused_before_compiling)?;
+        let digest_hex = &digest["sha256:".len()..];
+        let cached = self.cache().and_then(|cache| cache.load(self.engine(), digest_hex));
+        let from_cache = cached.is_some();
+        let module = match cached {
+            Some(module) => module,
+            None => {
+                compile_with_timeout(self.engine(), bytes, limits.compile_timeout).map_err(
+                    |err| match err {
+                        CompileError::Refused(err) => LoadError::Compile(err),
+                        err @ CompileError::Timeout { .. } => LoadError::Limits(err.into()),
+                        err @ (CompileError::Thread(_) | CompileError::Panicked) => {
+                            LoadError::Task(err.to_string())
+                        }
+                    },
+                )?
+            }
+        };
 
         // The ABI version first: a module of another ABI may export other functions,
         // and "wrong abi" is the useful answer for it.
@@ -186,6 +207,9 @@ impl SandboxEngine {
 
         let smoke = smoke_snapshot(&manifest);
         program.reconcile(&smoke).map_err(LoadError::SmokeTest)?;
+        if !from_cache && let Some(cache) = self.cache() {
+            cache.store(digest_hex, &module);
+        }
 
         tracing::debug!(name = %manifest.name, version = %manifest.version, %digest, "module loaded");
         Ok(Arc::new(LoadedModule {
@@ -276,8 +300,29 @@ fn smoke_snapshot(manifest: &Manifest) -> Vec<u8> {
     serde_json::to_vec(&snapshot).unwrap_or_default()
 }
 
+/// The load error for a module [`precheck`] refused: the same variant (and message)
+/// as the checks after compiling give, where there is one.
+fn refused_before_compiling(err: PrecheckError) -> LoadError {
+    match err {
+        PrecheckError::Imports { imports } => LoadError::Imports { imports },
+        PrecheckError::MissingExport { name, expected } => LoadError::MissingExport { name, expected },
+        PrecheckError::WrongExport { name, expected, found } => {
+            LoadError::WrongExport { name, expected, found }
+        }
+        PrecheckError::MemoryType { found } => {
+            LoadError::WrongExport { name: MEMORY, expected: MEMORY_TYPE, found: found.into() }
+        }
+        err @ (PrecheckError::TooLarge { .. }
+        | PrecheckError::TooManyFunctions { .. }
+        | PrecheckError::FunctionTooLarge { .. }
+        | PrecheckError::CodeTooLarge { .. }
+        | PrecheckError::CodeTooCostly { .. }) => LoadError::Limits(err.into()),
+        err => LoadError::Compile(err.into()),
+    }
+}
+
 fn memory_export(module: &Module) -> Result<ModuleExport, LoadError> {
-    const EXPECTED: &str = "a 32-bit unshared memory";
+    const EXPECTED: &str = MEMORY_TYPE;
     match module.get_export(MEMORY) {
         Some(ExternType::Memory(memory)) if !memory.is_64() && !memory.is_shared() => {}
         Some(ExternType::Memory(_)) => {
