@@ -41,10 +41,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /out/wasm-operator /usr/local/bin/wasm-operator
 COPY --from=build /out/dittofs-reconciler.wasm /usr/local/share/wasm-operator/dittofs-reconciler.wasm
-# The compiled-module cache; in Kubernetes an emptyDir is mounted here, since the
-# root filesystem is read-only.
+# The compiled-module cache; in Kubernetes an emptyDir is mounted at its parent,
+# since the root filesystem is read-only. The operator creates `modules` with mode
+# 0700 (it refuses a cache directory others can write, as an emptyDir's root is).
 COPY --from=build --chown=65532:65532 /out/cache /var/cache/wasm-operator
-ENV WASM_OPERATOR_MODULE_CACHE_DIR=/var/cache/wasm-operator
+ENV WASM_OPERATOR_MODULE_CACHE_DIR=/var/cache/wasm-operator/modules
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/wasm-operator"]
