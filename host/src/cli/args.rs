@@ -44,6 +44,11 @@ pub struct SandboxArgs {
     /// Maximum size of a module's output (manifest or outcome), in MiB.
     #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub output_limit_mib: u64,
+    /// Maximum number of JSON values in one outcome, counted before it is decoded (each
+    /// decoded value costs tens of bytes; the DittoFS module's largest outcome has
+    /// 382).
+    #[arg(long, default_value_t = 100_000, value_name = "COUNT")]
+    pub max_outcome_values: usize,
     /// Maximum wasm stack of one module call, in KiB.
     #[arg(long, default_value_t = 512, value_name = "KIB")]
     pub stack_limit_kib: u64,
@@ -343,6 +348,7 @@ impl SandboxArgs {
             memory_bytes: bytes(self.memory_limit_mib, MIB),
             deadline: Duration::from_millis(self.deadline_ms),
             output_bytes: bytes(self.output_limit_mib, MIB),
+            output_values: self.max_outcome_values,
             stack_bytes: bytes(self.stack_limit_kib, KIB),
             ..SandboxLimits::default()
         };

@@ -44,6 +44,7 @@ impl ModuleCallError {
                 CallError::AllocationFailed { .. }
                 | CallError::BadPointer { .. }
                 | CallError::OutputTooLarge { .. }
+                | CallError::TooManyValues { .. }
                 | CallError::InvalidUtf8 { .. }
                 | CallError::InvalidJson { .. }
                 | CallError::InvalidOutcome(_) => "output",

@@ -121,6 +121,12 @@ pub enum CallError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The outcome holds more JSON values than the limit; refused before decoding.
+    #[error("module outcome has more than {limit} JSON values")]
+    TooManyValues {
+        /// The limit.
+        limit: usize,
+    },
     /// The module's output is not UTF-8.
     #[error("module output from {stage} is not UTF-8")]
     InvalidUtf8 {
@@ -319,10 +325,14 @@ impl Program {
         let len = input.len() as i32;
         let packed = call.invoke::<(i32, i32), i64>(CallStage::Reconcile, &self.reconcile, (ptr, len))?;
         let output = call.take_output(CallStage::Reconcile, packed)?;
+        // The instance (up to the memory limit) is released before decoding, which
+        // needs memory of its own.
+        drop(call);
         let json = String::from_utf8(output).map_err(|err| CallError::InvalidUtf8 {
             stage: CallStage::Reconcile,
             source: err.utf8_error(),
         })?;
+        check_value_count(&json, self.limits.output_values)?;
         let outcome = decode_outcome(&json)?;
         Ok(Reply { outcome, json, elapsed: started.elapsed() })
     }
@@ -432,6 +442,35 @@ fn host(stage: CallStage, message: &str) -> CallError {
     CallError::Host { stage, message: message.to_owned() }
 }
 
+/// Refuses JSON text with more than `limit` values, counting without decoding: the
+/// top-level value, and one for each `{`, `[` and `,` outside strings (which starts
+/// a value, or for an empty container, counts one too many). Stops at the limit.
+fn check_value_count(json: &str, limit: usize) -> Result<(), CallError> {
+    let (mut values, mut in_string, mut escaped) = (1usize, false, false);
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' | b',' => {
+                values += 1;
+                if values > limit {
+                    return Err(CallError::TooManyValues { limit });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Decodes an outcome strictly, telling non-JSON from JSON that is no outcome.
 pub(crate) fn decode_outcome(json: &str) -> Result<Outcome, CallError> {
     use serde_json::error::Category;
@@ -441,4 +480,25 @@ pub(crate) fn decode_outcome(json: &str) -> Result<Outcome, CallError> {
         }
         Category::Data => CallError::InvalidOutcome(err),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_counted_outside_strings_and_stop_at_the_limit() {
+        let count_within = |json: &str, limit| check_value_count(json, limit).is_ok();
+        // The top-level value, the array, three numbers.
+        let json = r#"{"n":[1,2,3]}"#;
+        assert!(count_within(json, 5));
+        assert!(!count_within(json, 4));
+        // Brackets, commas and escaped quotes inside strings are text, not values: the
+        // object and its one string.
+        let json = r#"{"s":"{[,\",[{,\\"}"#;
+        assert!(count_within(json, 2));
+        assert!(!count_within(json, 1));
+        assert!(matches!(check_value_count("[0,0,0]", 3), Err(CallError::TooManyValues { limit: 3 })));
+        assert!(count_within("[0,0,0]", 4));
+    }
 }

@@ -39,6 +39,10 @@ pub struct SandboxLimits {
     pub deadline: Duration,
     /// Maximum size of one output (manifest or outcome), in bytes.
     pub output_bytes: usize,
+    /// Maximum number of JSON values in one outcome, counted on its text before it is
+    /// decoded: decoding costs memory per value (tens of bytes each), so within the
+    /// size limit a dense outcome (`[0,0,…]`) would decode into tens of times its size.
+    pub output_values: usize,
     /// Maximum wasm stack of one call, in bytes.
     pub stack_bytes: usize,
     /// Maximum number of elements of a table (the function table of a Rust module
@@ -52,6 +56,7 @@ impl Default for SandboxLimits {
             memory_bytes: 64 * MIB as usize,
             deadline: Duration::from_millis(250),
             output_bytes: 4 * MIB as usize,
+            output_values: 100_000,
             stack_bytes: 512 * KIB as usize,
             table_elements: 10_000,
         }
@@ -76,6 +81,9 @@ pub enum LimitsError {
         /// The limit given.
         mib: u64,
     },
+    /// The limit of values per outcome is zero.
+    #[error("limit of values per outcome must be at least 1")]
+    OutputValues,
     /// The stack limit is too small to be useful or too large to be safe.
     #[error(
         "stack limit of {kib} KiB is out of range ({} to {} KiB)",
@@ -100,6 +108,9 @@ impl SandboxLimits {
         }
         if self.output_bytes == 0 || self.output_bytes > self.memory_bytes {
             return Err(LimitsError::Output { mib: units(self.output_bytes, MIB) });
+        }
+        if self.output_values == 0 {
+            return Err(LimitsError::OutputValues);
         }
         if !(MIN_STACK_BYTES..=MAX_STACK_BYTES).contains(&self.stack_bytes) {
             return Err(LimitsError::Stack { kib: units(self.stack_bytes, KIB) });
