@@ -71,6 +71,14 @@ pub enum ManifestError {
         /// The primary's API group (empty for the core group).
         group: String,
     },
+    /// The field manager is one that well-known clients write under: objects they
+    /// made would count as the module's own (its field manager in `managedFields` is
+    /// one proof of ownership).
+    #[error(
+        "manifest field `fieldManager` {0:?} is the name kubectl, Helm, a GitOps tool, a Kubernetes component or an \
+         unnamed client writes under, so objects they made would count as the module's own; give the module a name of its own"
+    )]
+    ForeignFieldManager(String),
     /// A finalizer is listed twice.
     #[error("manifest lists finalizer {0:?} twice")]
     DuplicateFinalizer(String),
@@ -92,6 +100,9 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), ManifestError> {
     // it is a qualified name: every event of the module would fail.
     if !is_qualified_name(&manifest.field_manager) {
         return Err(invalid("fieldManager", "qualified name", &manifest.field_manager));
+    }
+    if is_well_known_manager(&manifest.field_manager) {
+        return Err(ManifestError::ForeignFieldManager(manifest.field_manager.clone()));
     }
     non_empty("ownerLabel", &manifest.owner_label)?;
     if !is_qualified_name(&manifest.owner_label) {
@@ -158,6 +169,19 @@ pub fn validate_manifest(manifest: &Manifest) -> Result<(), ManifestError> {
 /// The owner label's prefix must be the primary's API group or a subdomain of it
 /// (`dittofs.dittofs.com/server` for `dittofs.dittofs.com`, or
 /// `x.dittofs.dittofs.com/server`): no other controller's objects carry it.
+/// Field managers that common clients write under (kubectl's commands, Helm,
+/// kustomize, Argo CD and Flux, the Kubernetes components, and the user-agent names an
+/// unnamed client gets). A list, so not complete: it stops a module from claiming
+/// what people made with the usual tools.
+fn is_well_known_manager(manager: &str) -> bool {
+    const PREFIXES: [&str; 8] =
+        ["kubectl", "kube-", "helm", "kustomize", "argocd", "argo-cd", "flux", "gotk-"];
+    const NAMES: [&str; 6] =
+        ["kubelet", "before-first-apply", "go-http-client", "curl", "python-requests", "unknown"];
+    let manager = manager.to_ascii_lowercase();
+    PREFIXES.iter().any(|prefix| manager.starts_with(prefix)) || NAMES.contains(&manager.as_str())
+}
+
 fn check_owner_label(label: &str, api_version: &str) -> Result<(), ManifestError> {
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
     let prefix = label.rsplit_once('/').map_or("", |(prefix, _)| prefix);
@@ -305,6 +329,13 @@ mod tests {
                 "`fieldManager` is not a valid qualified name",
             ),
             (with(&["fieldManager"], json!("-dash")), "`fieldManager` is not a valid qualified name"),
+            (with(&["fieldManager"], json!("kubectl-client-side-apply")), "writes under"),
+            (with(&["fieldManager"], json!("kubectl-create")), "writes under"),
+            (with(&["fieldManager"], json!("helm")), "writes under"),
+            (with(&["fieldManager"], json!("kustomize-controller")), "writes under"),
+            (with(&["fieldManager"], json!("argocd-controller")), "writes under"),
+            (with(&["fieldManager"], json!("kube-controller-manager")), "writes under"),
+            (with(&["fieldManager"], json!("Go-http-client")), "writes under"),
             (with(&["ownerLabel"], json!("not a label")), "`ownerLabel` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("Bad_Domain/x")), "`ownerLabel` is not a valid qualified name"),
             (with(&["ownerLabel"], json!("app.kubernetes.io/instance")), "must have the primary's API group"),
