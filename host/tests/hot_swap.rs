@@ -12,6 +12,9 @@
 //!   the operator waits at start until the ConfigMap holds a valid module;
 //! - a manifest that adds a related kind (configmap-mirror with feature `services`)
 //!   gets its watch without a restart, and loses it again on the way back;
+//! - candidates that change the owner label or field manager, drop the finalizer a
+//!   Mirror carries, or ask for a kind the policy refuses are each refused, and the
+//!   Mirror still finishes deleting under v1;
 //! - a swap while DittoServers are being deleted: each finalizer is handled as the
 //!   spec says (the PerconaPGCluster kept or deleted).
 //!
@@ -136,6 +139,18 @@ fn compile_bomb() -> Result<Vec<u8>> {
     let end = source.rfind(')').context("minimal.wat ends with its module's `)`")?;
     let body = "(loop (br_if 0 (local.get 0)))".repeat(150_000);
     Ok(wat::parse_str(format!("{} (func $bomb (param i32) {body}))", &source[..end]))?)
+}
+
+/// `minimal.wat` describing itself with `manifest`: a candidate that passes every
+/// load check, for the checks a swap makes after loading (identity, finalizers,
+/// policy).
+fn with_manifest(manifest: &reconcile_sdk::Manifest) -> Result<Vec<u8>> {
+    let source = std::fs::read_to_string(repo_root().join("tests/fixtures/minimal.wat"))?;
+    let marker = "(data (i32.const 1024) \"";
+    let start = source.find(marker).context("minimal.wat has its manifest at 1024")? + marker.len();
+    let end = start + source[start..].find("\\00\")").context("the manifest ends with NUL")?;
+    let json = serde_json::to_string(manifest)?.replace('\\', "\\\\").replace('"', "\\\"");
+    Ok(wat::parse_str(format!("{}{json}{}", &source[..start], &source[end..]))?)
 }
 
 fn sandbox() -> SandboxConfig {
@@ -442,6 +457,84 @@ async fn a_manifest_adding_a_related_kind_gets_its_watch_without_a_restart() -> 
     .await?;
     assert_eq!(op.metrics.module_swaps.get(), 2);
     assert_eq!(errors(&op), 0, "{}", op.metrics.encode());
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_swap_cannot_widen_the_identity_drop_a_carried_finalizer_or_ask_for_a_refused_kind() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-identity").await?;
+    let ns = ns.name().to_owned();
+    let v1 = std::fs::read(mirror_wasm().await?)?;
+    push(&client, &ns, &v1).await?;
+    let op = start(&client, &ns).await?;
+    let mirrors = mirror_api(&client, &ns);
+    create_mirror(&client, &ns, "m", json!({"data": {"a": "1"}})).await?;
+    eventually("the Mirror to carry the finalizer and be Ready", || async {
+        let m = mirrors.get("m").await?;
+        let carries = m.finalizers().iter().any(|f| f == configmap_mirror::FINALIZER);
+        Ok((carries && m.data["status"]["phase"] == "Ready").then_some(()))
+    })
+    .await?;
+
+    let active = configmap_mirror::manifest();
+    let kind = |api_version: &str, kind: &str, plural: &str| reconcile_sdk::KindRef {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        optional: false,
+        digest_only: false,
+    };
+    let mut with_role_bindings = active.clone();
+    with_role_bindings.related.push(kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"));
+    let candidates = [
+        (
+            "renamed finalizer",
+            reconcile_sdk::Manifest {
+                finalizers: vec!["mirror.example.com/renamed".into()],
+                ..active.clone()
+            },
+            "finalizer",
+            "mirror.example.com/cleanup",
+        ),
+        (
+            "other owner label",
+            reconcile_sdk::Manifest { owner_label: "mirror.example.com/other".into(), ..active.clone() },
+            "identity",
+            "ownerLabel",
+        ),
+        (
+            "other field manager",
+            reconcile_sdk::Manifest { field_manager: "mirror-two".into(), ..active.clone() },
+            "identity",
+            "fieldManager",
+        ),
+        ("a RoleBinding", with_role_bindings, "policy", "RoleBinding"),
+    ];
+    for (name, manifest, reason, words) in candidates {
+        let before = op.metrics.module_rejections(reason);
+        let events_before = rejected_events(&client, &ns).await?.len();
+        push(&client, &ns, &with_manifest(&manifest)?).await?;
+        eventually(&format!("the candidate with {name} to be refused ({reason})"), || async {
+            Ok((op.metrics.module_rejections(reason) > before).then_some(()))
+        })
+        .await?;
+        assert_eq!(op.active.current().module.digest(), digest(&v1), "{name}: v1 must stay active");
+        let notes = eventually(&format!("a ModuleRejected event for {name}"), || async {
+            let notes = rejected_events(&client, &ns).await?;
+            Ok((notes.len() > events_before).then_some(notes))
+        })
+        .await?;
+        assert!(notes.iter().any(|n| n.contains(reason) && n.contains(words)), "{name}: {notes:?}");
+        assert_eq!(module_endpoint(&op).await?["lastRejection"]["reason"], reason);
+    }
+    assert_eq!(op.metrics.module_swaps.get(), 0);
+
+    // The Mirror still finishes deleting: v1 removes the finalizer it carries.
+    mirrors.delete("m", &DeleteParams::default()).await?;
+    eventually("the Mirror to be gone", || async { Ok(mirrors.get_opt("m").await?.is_none().then_some(())) })
+        .await?;
     op.shutdown().await;
     Ok(())
 }
