@@ -114,7 +114,10 @@ async fn check_writes(
         if let Some(message) = refused.as_ref().filter(|m| m.contains("wasm-operator admission policy")) {
             break message.clone();
         }
-        ensure!(Instant::now() < deadline, "the admission policy never took effect; last answer: {refused:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "the admission policy never took effect; last answer: {refused:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     ensure!(first.contains("owner label"), "{first}");

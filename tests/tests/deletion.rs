@@ -2,7 +2,8 @@
 //! control plane and its garbage collector, with the built module in the real host:
 //! phase Deleting and garbage collection, `deleteWithServer` true and false under
 //! background, foreground and orphan propagation, reuse of a preserved cluster, the
-//! 60-second cleanup timeout, and a status written concurrently during deletion.
+//! 60-second cleanup timeout, a server in a namespace being deleted (its events
+//! refused), and a status written concurrently during deletion.
 //!
 //! Waits are generous bounds; the only time compared is the cleanup timeout's own
 //! 60 seconds, against the timestamps the API server and the host wrote.
@@ -19,9 +20,10 @@ use e2e::identity::{rule, service_account_with_role, write_impersonating_kubecon
 use e2e::operator::artifact_dir;
 use e2e::record::Recording;
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::SignedDuration;
 use kube::ResourceExt as _;
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 fn percona_spec(delete_with_server: bool) -> Value {
@@ -248,6 +250,53 @@ async fn a_recreated_server_reuses_the_preserved_cluster() -> Result<()> {
         preserved.metadata.managed_fields,
         reused.metadata.managed_fields
     );
+    Ok(())
+}
+
+/// A DittoServer in a namespace being deleted: the API server refuses every create
+/// there, the module's events included. Events are best effort, so the deletion
+/// batch goes on past them and the finalizer goes in that same reconcile, rather than
+/// after a failed reconcile and its retries (or, for a module whose every deletion
+/// reconcile sends an event, after the 60-second cleanup timeout).
+#[tokio::test]
+async fn a_server_in_a_namespace_being_deleted_goes_without_waiting_for_the_timeout() -> Result<()> {
+    let s = Scenario::start("ns-deleting").await?;
+    let name = "nas";
+    s.create_server(name, json!({"storage": {"metadataSize": "1Gi"}})).await?;
+    s.wait_statefulset(name).await?;
+    s.mark_statefulset_ready(name).await?;
+    s.wait_phase(name, "Running").await?;
+    let op = s.operator()?;
+    let before = op.metrics().await?;
+
+    let namespaces: Api<Namespace> = Api::all(s.client.clone());
+    namespaces.delete(s.ns(), &DeleteParams::background()).await?;
+    let this = &s;
+    wait_until("the DittoServer to be gone", DEFAULT_TIMEOUT, || async move {
+        Ok(this.server(name).await?.is_none().then_some(()))
+    })
+    .await
+    .with_context(|| s.diagnosis(name))?;
+
+    let after = op.metrics().await?;
+    let refused_events = after.actions("event", "error") - before.actions("event", "error");
+    ensure!(refused_events >= 1.0, "no event was refused: {:?}", after.samples());
+    ensure!(
+        after.actions("removeFinalizer", "success") > before.actions("removeFinalizer", "success"),
+        "the host did not remove the finalizer: {:?}",
+        after.samples()
+    );
+    // The refused event was logged and passed over, and no reconcile failed on it
+    // (other writes may fail while the namespace controller empties the namespace).
+    let messages: Vec<String> =
+        op.log_lines().iter().filter_map(|l| l["message"].as_str().map(str::to_owned)).collect();
+    ensure!(
+        messages.iter().any(|m| m.starts_with("cannot record the module's event")),
+        "the refused event was not logged as passed over"
+    );
+    let failed_on_event: Vec<&String> =
+        messages.iter().filter(|m| m.starts_with("reconcile failed: event")).collect();
+    ensure!(failed_on_event.is_empty(), "a reconcile failed on its event: {failed_on_event:?}");
     Ok(())
 }
 
