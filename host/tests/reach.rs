@@ -2,7 +2,8 @@
 //! modules (docs/abi.md, *Confinement*; README, *Trust model*): Secret values never
 //! enter a snapshot whatever the manifest says; a labelled object someone else made
 //! is never deleted or applied over; a manifest that lists a refused kind does not
-//! start; pod templates and Services that break the workload rules are never written.
+//! start; pod templates and Services that break the workload rules are never written;
+//! a name that is not one (`m/status`, `../secrets`) never reaches a request path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod operator_support;
@@ -137,6 +138,46 @@ async fn a_labelled_object_someone_else_made_is_never_deleted_or_applied_over() 
         let names: Vec<_> = snapshot.related.iter().map(|o| o["metadata"]["name"].clone()).collect();
         assert!(!names.iter().any(|n| n.as_str().is_some_and(|n| n.starts_with("victim"))), "{names:?}");
     }
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_name_that_would_reach_a_subresource_never_becomes_a_request() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "reach-names").await?;
+    let ns = ns.name().to_owned();
+    let module = NativeModule::new(manifest(vec![kind("v1", "ConfigMap", "configmaps")]), |snapshot| {
+        let name = name_of(&snapshot);
+        match name.as_str() {
+            // `DELETE .../configmaps/m/status` if the name went into the path as it is.
+            "deleter" => Outcome::actions(vec![Action::Delete {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "deleter/status".into(),
+                propagation_policy: None,
+            }]),
+            _ => Outcome::Actions {
+                actions: vec![],
+                requires: vec![Requirement {
+                    api_version: "v1".into(),
+                    kind: "Secret".into(),
+                    name: "../secrets".into(),
+                }],
+                requeue_after_seconds: None,
+            },
+        }
+    });
+    let op = start_operator(&client, module.clone(), &ns).await?;
+    create_mirror(&client, &ns, "deleter", json!({})).await?;
+    create_mirror(&client, &ns, "requirer", json!({})).await?;
+    let deleted = wait_last_failure(&module, "deleter", "\"deleter/status\": not a valid name").await?;
+    assert!(deleted.contains("DNS-1123 subdomain"), "{deleted}");
+    wait_last_failure(&module, "requirer", "\"../secrets\": not a valid name").await?;
+    // Refused by confinement, before any request: no Secret was read for a snapshot,
+    // and the rejections are counted.
+    assert!(module.calls.lock().unwrap().iter().all(|s| s.required.is_empty()));
+    assert!(op.metrics.rejections_total() >= 2, "{}", op.metrics.encode());
     op.shutdown().await;
     Ok(())
 }
