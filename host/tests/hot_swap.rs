@@ -272,6 +272,38 @@ async fn wait_converged(client: &Client, namespace: &str, name: &str, v2: bool) 
 }
 
 /// The Warning `ModuleRejected` events on the module ConfigMap, as notes.
+/// Uploads the candidate `(name, payload)` and checks it is refused for `reason`:
+/// the metric counts it, a ModuleRejected event and `/module` say why (the event in
+/// `words`), and the module of digest `active` still serves.
+async fn expect_refused(
+    op: &RunningOperator,
+    client: &Client,
+    namespace: &str,
+    (name, payload): (&str, Vec<u8>),
+    reason: &str,
+    words: &str,
+    active: &str,
+) -> Result<()> {
+    let before = op.metrics.module_rejections(reason);
+    let events_before = rejected_events(client, namespace).await?.len();
+    push_raw(client, namespace, payload).await?;
+    eventually(&format!("the {name} candidate to be refused ({reason})"), || async {
+        Ok((op.metrics.module_rejections(reason) > before).then_some(()))
+    })
+    .await?;
+    assert_eq!(op.active.current().module.digest(), active, "{name}: the active module must stay");
+    let notes = eventually(&format!("a ModuleRejected event for {name}"), || async {
+        let notes = rejected_events(client, namespace).await?;
+        Ok((notes.len() > events_before).then_some(notes))
+    })
+    .await?;
+    assert!(notes.iter().any(|n| n.contains(reason) && n.contains(words)), "{name}: {notes:?}");
+    let endpoint = module_endpoint(op).await?;
+    assert_eq!(endpoint["digest"], active, "{endpoint}");
+    assert_eq!(endpoint["lastRejection"]["reason"], reason, "{endpoint}");
+    Ok(())
+}
+
 async fn rejected_events(client: &Client, namespace: &str) -> Result<Vec<String>> {
     Ok(events(client, namespace, CONFIGMAP, "ModuleRejected")
         .await?
@@ -372,23 +404,7 @@ async fn rejected_candidates_leave_the_active_module_serving() -> Result<()> {
         ("slow", fixture("slow-in-smoke.wat")?, "smoke", "deadline"),
     ];
     for (name, bytes, reason, words) in candidates {
-        let before = op.metrics.module_rejections(reason);
-        let events_before = rejected_events(&client, &ns).await?.len();
-        push_raw(&client, &ns, bytes.clone()).await?;
-        eventually(&format!("the {name} candidate to be rejected ({reason})"), || async {
-            Ok((op.metrics.module_rejections(reason) > before).then_some(()))
-        })
-        .await?;
-        assert_eq!(op.active.current().module.digest(), digest(&v1), "{name}: v1 must stay active");
-        let notes = eventually(&format!("a ModuleRejected event for {name}"), || async {
-            let notes = rejected_events(&client, &ns).await?;
-            Ok((notes.len() > events_before).then_some(notes))
-        })
-        .await?;
-        assert!(notes.iter().any(|n| n.contains(reason) && n.contains(words)), "{name}: {notes:?}");
-        let endpoint = module_endpoint(&op).await?;
-        assert_eq!(endpoint["digest"], digest(&v1), "{endpoint}");
-        assert_eq!(endpoint["lastRejection"]["reason"], reason, "{endpoint}");
+        expect_refused(&op, &client, &ns, (name, bytes), reason, words, &digest(&v1)).await?;
         // v1 still serves: a server created now converges with v1's behaviour.
         let server = format!("after-{name}");
         create_server(&client, &ns, &server, Percona::Off).await?;
@@ -513,21 +529,8 @@ async fn a_swap_cannot_widen_the_identity_drop_a_carried_finalizer_or_ask_for_a_
         ("a RoleBinding", with_role_bindings, "policy", "RoleBinding"),
     ];
     for (name, manifest, reason, words) in candidates {
-        let before = op.metrics.module_rejections(reason);
-        let events_before = rejected_events(&client, &ns).await?.len();
-        push(&client, &ns, &with_manifest(&manifest)?).await?;
-        eventually(&format!("the candidate with {name} to be refused ({reason})"), || async {
-            Ok((op.metrics.module_rejections(reason) > before).then_some(()))
-        })
-        .await?;
-        assert_eq!(op.active.current().module.digest(), digest(&v1), "{name}: v1 must stay active");
-        let notes = eventually(&format!("a ModuleRejected event for {name}"), || async {
-            let notes = rejected_events(&client, &ns).await?;
-            Ok((notes.len() > events_before).then_some(notes))
-        })
-        .await?;
-        assert!(notes.iter().any(|n| n.contains(reason) && n.contains(words)), "{name}: {notes:?}");
-        assert_eq!(module_endpoint(&op).await?["lastRejection"]["reason"], reason);
+        let payload = compress_for_configmap(&with_manifest(&manifest)?)?;
+        expect_refused(&op, &client, &ns, (name, payload), reason, words, &digest(&v1)).await?;
     }
     assert_eq!(op.metrics.module_swaps.get(), 0);
 
