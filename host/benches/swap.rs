@@ -68,6 +68,7 @@ async fn bench() -> Result<()> {
         instance: Some("bench".into()),
         policy: Default::default(),
         stall_timeout: std::time::Duration::from_secs(300),
+        sync_timeout: std::time::Duration::from_secs(120),
     };
     let op = start_from_source(
         client.clone(),

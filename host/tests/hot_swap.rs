@@ -189,6 +189,7 @@ fn config(namespace: &str) -> OperatorConfig {
         instance: Some("hot-swap-test".into()),
         policy: Default::default(),
         stall_timeout: std::time::Duration::from_secs(300),
+        sync_timeout: std::time::Duration::from_secs(120),
     }
 }
 

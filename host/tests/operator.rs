@@ -491,6 +491,7 @@ async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> 
             instance: Some(identity.into()),
             policy: Default::default(),
             stall_timeout: std::time::Duration::from_secs(300),
+            sync_timeout: std::time::Duration::from_secs(120),
         };
         let client = client.clone();
         async move {
@@ -601,6 +602,7 @@ async fn healthz_fails_when_every_worker_is_stuck_and_work_waits() -> Result<()>
         instance: None,
         policy: Default::default(),
         stall_timeout: Duration::from_secs(2),
+        sync_timeout: std::time::Duration::from_secs(120),
     };
     let op =
         wasm_operator::RunningOperator::start(client.clone(), "the test cluster", module, config).await?;
@@ -751,6 +753,7 @@ async fn the_label_selector_scopes_which_primaries_are_reconciled() -> Result<()
         instance: None,
         policy: Default::default(),
         stall_timeout: std::time::Duration::from_secs(300),
+        sync_timeout: std::time::Duration::from_secs(120),
     };
     let op = RunningOperator::start(client.clone(), "the test cluster", module.clone(), config).await?;
     wait_ready(&op).await?;

@@ -108,6 +108,11 @@ pub struct RunArgs {
     /// fails (and Kubernetes restarts the pod).
     #[arg(long = "stall-timeout", default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_seconds: u64,
+    /// Seconds a watch may take to deliver its first list before /readyz names it and
+    /// it is logged at ERROR (reconciling waits for every watch); also how long a hot
+    /// swap waits for a new manifest's watches.
+    #[arg(long = "sync-timeout", default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sync_timeout_seconds: u64,
     /// Only reconcile while holding a coordination.k8s.io Lease, so that several
     /// replicas can run for availability.
     #[arg(long)]

@@ -48,6 +48,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         instance: Some(instance),
         policy: args.policy.policy(&args.outcome),
         stall_timeout: Duration::from_secs(args.stall_timeout_seconds),
+        sync_timeout: Duration::from_secs(args.sync_timeout_seconds),
     };
     let operator = tokio::select! {
         operator = start_from_source(client, &server, &source, &sandbox, config) => {

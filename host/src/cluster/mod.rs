@@ -5,6 +5,7 @@
 pub(crate) mod connect;
 pub(crate) mod discovery;
 pub(crate) mod index;
+pub(crate) mod sync;
 pub(crate) mod trigger;
 pub(crate) mod watches;
 

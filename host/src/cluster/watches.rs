@@ -10,6 +10,10 @@
 //! - a re-discovery loop for optional kinds that are absent, which starts their watch
 //!   when their CRD appears and then reconciles every primary.
 //!
+//! Each watch is pending in [`Caches::sync`] until its initial list
+//! ([`super::sync`]): reconciling waits for all of them, and one that has not listed
+//! within the sync timeout is named by `/readyz` and logged at ERROR with its error.
+//!
 //! [`start`] is the one place watches are set up; a hot swap whose manifest changes
 //! the kinds drops the [`Watches`] (aborting its tasks) and calls it again.
 //! Requirements on an object of a related kind that lacks the owner label are not
@@ -18,6 +22,7 @@
 
 use super::discovery::{KindLookup, KindRegistry, resolve};
 use super::index::{KindKey, ObjectKey, ObjectStore, RelatedStore, RequirementIndex, RequirementTarget};
+use super::sync::{SyncState, WatchId};
 use super::trigger::is_own_status_echo;
 use crate::queue::{Cause, WorkQueue};
 use futures::{StreamExt, TryStreamExt};
@@ -30,7 +35,6 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use reconcile_sdk::{KindRef, Manifest};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -56,7 +60,8 @@ pub struct Caches {
     pub related: RwLock<HashMap<KindKey, RelatedStore>>,
     /// Which primary required which object.
     pub requirements: RwLock<RequirementIndex>,
-    unsynced: AtomicUsize,
+    /// The watches that have not delivered their initial list yet.
+    pub sync: SyncState,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -70,13 +75,13 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Caches {
-    /// Empty caches for `manifest`.
-    pub fn new(manifest: &Manifest) -> Self {
+    /// Empty caches for `manifest`, whose watches report their sync to `sync`.
+    pub fn new(manifest: &Manifest, sync: SyncState) -> Self {
         Self {
             primaries: RwLock::new(ObjectStore::default()),
             related: RwLock::new(HashMap::new()),
             requirements: RwLock::new(RequirementIndex::default()),
-            unsynced: AtomicUsize::new(0),
+            sync,
         }
         .with_owner_label(manifest)
     }
@@ -135,7 +140,21 @@ impl Caches {
 
     /// Whether every started watch has delivered its initial list.
     pub fn synced(&self) -> bool {
-        self.unsynced.load(Ordering::Acquire) == 0
+        self.sync.synced()
+    }
+
+    /// Why the operator is not ready, or `None` when every watch has listed: the
+    /// watches past the sync timeout by name, else how many are still listing.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.sync.synced() {
+            return None;
+        }
+        let overdue = self.sync.overdue();
+        if overdue.is_empty() {
+            return Some("caches not synced yet".to_owned());
+        }
+        let reasons: Vec<String> = overdue.iter().map(ToString::to_string).collect();
+        Some(format!("{}; reconciling waits for every watch", reasons.join("; ")))
     }
 
     fn queue_existing(
@@ -198,8 +217,9 @@ pub fn start(
     kinds: Arc<KindRegistry>,
     scope: Scope,
     queue: Arc<WorkQueue<ObjectKey>>,
+    sync: SyncState,
 ) -> Watches {
-    let caches = Arc::new(Caches::new(manifest));
+    let caches = Arc::new(Caches::new(manifest, sync));
     let ctx = WatchContext {
         client,
         scope,
@@ -212,16 +232,17 @@ pub fn start(
     let spawn = |tasks: &Mutex<Vec<JoinHandle<()>>>, task: JoinHandle<()>| {
         tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(task);
     };
-    caches.unsynced.fetch_add(1, Ordering::AcqRel);
-    spawn(&tasks, tokio::spawn(watch_primaries(ctx.clone(), kinds.primary().clone())));
+    let primary = kinds.primary().clone();
+    let id = caches.sync.start(watch_name("primary", &primary));
+    spawn(&tasks, tokio::spawn(watch_primaries(ctx.clone(), primary, id)));
     let mut started = std::collections::HashSet::new();
     for kind in &manifest.related {
         let key = KindKey::new(&kind.api_version, &kind.kind);
         if let KindLookup::Served(_, resource) = kinds.lookup(&key)
             && started.insert(("related", key.clone()))
         {
-            caches.unsynced.fetch_add(1, Ordering::AcqRel);
-            spawn(&tasks, tokio::spawn(watch_related(ctx.clone(), key, resource)));
+            let id = caches.sync.start(watch_name("related", &resource));
+            spawn(&tasks, tokio::spawn(watch_related(ctx.clone(), key, resource, id)));
         }
     }
     for kind in &manifest.reads {
@@ -229,8 +250,8 @@ pub fn start(
         if let KindLookup::Served(_, resource) = kinds.lookup(&key)
             && started.insert(("reads", key.clone()))
         {
-            caches.unsynced.fetch_add(1, Ordering::AcqRel);
-            spawn(&tasks, tokio::spawn(watch_reads(ctx.clone(), key, resource)));
+            let id = caches.sync.start(watch_name("reads", &resource));
+            spawn(&tasks, tokio::spawn(watch_reads(ctx.clone(), key, resource, id)));
         }
     }
     let role_of = {
@@ -275,26 +296,18 @@ fn strip(obj: &mut DynamicObject, field_manager: &str) {
     });
 }
 
-/// Marks one watch synced, once.
-struct SyncOnce<'a>(&'a Caches, bool);
-
-impl SyncOnce<'_> {
-    fn done(&mut self) {
-        if !self.1 {
-            self.1 = true;
-            self.0.unsynced.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
+/// A watch's name in logs and `/readyz`: `related apps/v1 StatefulSet`.
+fn watch_name(role: &str, resource: &ApiResource) -> String {
+    format!("{role} {} {}", resource.api_version, resource.kind)
 }
 
-async fn watch_primaries(ctx: WatchContext, resource: ApiResource) {
+async fn watch_primaries(ctx: WatchContext, resource: ApiResource, id: WatchId) {
     let mut config = watcher::Config::default();
     if let Some(selector) = &ctx.scope.label_selector {
         config = config.labels(selector);
     }
     let api: Api<DynamicObject> = api_for(&ctx, &resource);
-    let mut stream = watcher(api, config, &resource.kind);
-    let mut synced = SyncOnce(&ctx.caches, false);
+    let mut stream = watcher(api, config, &ctx, &resource, id);
     let mut buffer = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
@@ -328,18 +341,17 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource) {
                 for key in touched {
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
-                synced.done();
+                ctx.caches.sync.done(id);
             }
         }
     }
 }
 
-async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource) {
+async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource, id: WatchId) {
     // Only labelled objects can ever be associated, so the API server filters.
     let config = watcher::Config::default().labels(&ctx.owner_label);
     let api: Api<DynamicObject> = api_for(&ctx, &resource);
-    let mut stream = watcher(api, config, &resource.kind);
-    let mut synced = SyncOnce(&ctx.caches, false);
+    let mut stream = watcher(api, config, &ctx, &resource, id);
     let mut buffer = Vec::new();
     while let Some(event) = stream.next().await {
         let (owners, changed): (Vec<ObjectKey>, Vec<ObjectKey>) = {
@@ -366,7 +378,7 @@ async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource) 
                 }
                 Event::InitDone => {
                     let owners = store.replace_all(std::mem::take(&mut buffer));
-                    synced.done();
+                    ctx.caches.sync.done(id);
                     (owners, Vec::new())
                 }
             }
@@ -378,10 +390,10 @@ async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource) 
     }
 }
 
-async fn watch_reads(ctx: WatchContext, kind: KindKey, resource: ApiResource) {
+async fn watch_reads(ctx: WatchContext, kind: KindKey, resource: ApiResource, id: WatchId) {
     let api: Api<PartialObjectMeta<DynamicObject>> = api_for(&ctx, &resource);
-    let mut stream = watcher(api, watcher::Config::default(), &resource.kind);
-    let mut synced = SyncOnce(&ctx.caches, false);
+    let mut stream = watcher(api, watcher::Config::default(), &ctx, &resource, id);
+    let mut listed = false;
     // Only resourceVersions, so that a relist can tell what changed while the watch
     // was down without caching any value.
     let mut versions: HashMap<ObjectKey, String> = HashMap::new();
@@ -418,32 +430,45 @@ async fn watch_reads(ctx: WatchContext, kind: KindKey, resource: ApiResource) {
                     fresh.iter().filter(|(k, v)| versions.get(*k) != Some(*v)).map(|(k, _)| k.clone()),
                 );
                 versions = fresh;
-                if synced.1 {
+                if listed {
                     for key in changed {
                         ctx.caches.queue_requirers(&ctx.queue, &kind, key);
                     }
                 }
-                synced.done();
+                listed = true;
+                ctx.caches.sync.done(id);
             }
         }
     }
 }
 
 /// A watch stream that retries forever with kube-runtime's default backoff, logging
-/// errors; it ends only when its task is aborted.
+/// errors; it ends only when its task is aborted. Errors before the initial list are
+/// recorded against watch `id`; the first one past the sync timeout is logged at
+/// ERROR, with what to check.
 fn watcher<K>(
     api: Api<K>,
     config: watcher::Config,
-    kind: &str,
+    ctx: &WatchContext,
+    resource: &ApiResource,
+    id: WatchId,
 ) -> impl futures::Stream<Item = Event<K>> + Send + Unpin + 'static
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    let kind = kind.to_owned();
+    let (kind, plural, caches) = (resource.kind.clone(), resource.plural.clone(), ctx.caches.clone());
     Box::pin(
         watcher::watcher(api, config)
             .default_backoff()
-            .inspect_err(move |err| tracing::warn!(kind = %kind, error = %err, "watch failed; retrying"))
+            .inspect_err(move |err| {
+                tracing::warn!(kind = %kind, error = %err, "watch failed; retrying");
+                if let Some(overdue) = caches.sync.failed(id, err.to_string()) {
+                    tracing::error!(
+                        kind = %kind,
+                        "{overdue}. Reconciling waits for it: check that the operator may list and watch {plural} (`wasm-operator rbac` prints the rights the module needs) and that the kind's API answers (a CRD's conversion webhook, an aggregated API server)"
+                    );
+                }
+            })
             .filter_map(|event| futures::future::ready(event.ok())),
     )
 }
@@ -474,12 +499,12 @@ async fn rediscover(
             kinds.mark_served(&kind, resource.clone());
             let mut started = Vec::new();
             if is_related(&key) {
-                ctx.caches.unsynced.fetch_add(1, Ordering::AcqRel);
-                started.push(tokio::spawn(watch_related(ctx.clone(), key.clone(), resource.clone())));
+                let id = ctx.caches.sync.start(watch_name("related", &resource));
+                started.push(tokio::spawn(watch_related(ctx.clone(), key.clone(), resource.clone(), id)));
             }
             if reads.iter().any(|r| r.is(&key.api_version, &key.kind)) {
-                ctx.caches.unsynced.fetch_add(1, Ordering::AcqRel);
-                started.push(tokio::spawn(watch_reads(ctx.clone(), key.clone(), resource)));
+                let id = ctx.caches.sync.start(watch_name("reads", &resource));
+                started.push(tokio::spawn(watch_reads(ctx.clone(), key.clone(), resource, id)));
             }
             tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(started);
             // What a module may do depends on which kinds exist: look at everyone again.

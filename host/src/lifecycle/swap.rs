@@ -34,6 +34,7 @@
 //! a Normal event `ModuleActivated` there.
 
 use super::source::{self, Payload, SourceState};
+use crate::cluster::sync::SyncState;
 use crate::cluster::{KindRegistry, Scope, watches};
 use crate::control::{Controller, Wiring};
 use crate::error_chain;
@@ -52,10 +53,6 @@ use reconcile_sdk::Manifest;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch as channel;
-
-/// How long new watches may take to deliver their initial lists before the candidate
-/// is refused (reason `sync`).
-pub const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The controller name on the swapper's events.
 const REPORTER: &str = "wasm-operator";
@@ -187,6 +184,7 @@ impl Swapper {
         instance: Option<String>,
         metrics: Arc<Metrics>,
         policy: AdminPolicy,
+        sync_timeout: Duration,
     ) -> Self {
         let reporter = Reporter { controller: REPORTER.to_owned(), instance };
         Self {
@@ -198,7 +196,7 @@ impl Swapper {
             policy,
             last_seen: None,
             last_missing: None,
-            sync_timeout: SYNC_TIMEOUT,
+            sync_timeout,
         }
     }
 
@@ -444,6 +442,7 @@ impl Swapper {
             kinds.clone(),
             target.scope.clone(),
             target.controller.queue().clone(),
+            SyncState::new(self.sync_timeout, self.metrics.watches_overdue.clone()),
         );
         let synced = tokio::time::timeout(self.sync_timeout, async {
             while !watches.caches.synced() {

@@ -5,7 +5,8 @@
 //!   in the queue past the stall timeout. Kubernetes then restarts the pod;
 //! - `/readyz` answers 200 once every watch has delivered its initial list (with
 //!   leader election, regardless of leadership: a follower is ready to take over),
-//!   503 before;
+//!   503 before, naming each watch that has not listed within the sync timeout with
+//!   its last error;
 //! - `/module` describes the active module as JSON (digest, name, version, loadedAt,
 //!   origin, manifest) and the last refused hot-swap candidate (`lastRejection`:
 //!   digest, reason, message, origin, at; `null` if none), read from the same holder
@@ -29,8 +30,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The active module.
     pub active: Arc<ActiveModule>,
-    /// Whether the caches are synced.
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether every watch has listed, or why not.
+    pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Whether reconciling goes on, or why not.
     pub healthy: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
@@ -61,10 +62,9 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
-    if (state.ready)() {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet\n").into_response()
+    match (state.ready)() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub module_loaded: Gauge,
     /// Whether this replica is the leader (1) or not (0).
     pub leader: Gauge,
+    /// Watches that have not delivered their initial list within the sync timeout.
+    pub watches_overdue: Gauge,
     /// Hot-swap candidates refused, by the check that failed.
     pub module_rejected: Family<ReasonLabels, Counter>,
     /// Hot swaps done (a new module became active).
@@ -138,6 +140,12 @@ impl Metrics {
         );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        let watches_overdue = Gauge::default();
+        registry.register(
+            "watches_overdue",
+            "Watches that have not delivered their initial list within the sync timeout (see /readyz)",
+            watches_overdue.clone(),
+        );
         let module_rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "module_rejected",
@@ -175,6 +183,7 @@ impl Metrics {
             module_info,
             module_loaded,
             leader,
+            watches_overdue,
             module_rejected,
             module_swaps,
             reconcile_panics,

@@ -10,6 +10,7 @@
 //! primary is never reconciled twice at once; [`RunningOperator::shutdown`] lets
 //! reconciles in flight finish and releases the Lease before it returns.
 
+use crate::cluster::sync::SyncState;
 use crate::cluster::{DiscoveryError, KindRegistry, Scope, watches};
 use crate::control::{Backoff, Controller, LeaderElector, LeaseConfig, Wiring};
 use crate::error_chain;
@@ -48,6 +49,10 @@ pub struct OperatorConfig {
     /// How long work may wait in the queue, with no worker taking it, before
     /// `/healthz` fails.
     pub stall_timeout: Duration,
+    /// How long a watch may take to deliver its initial list before `/readyz` names
+    /// it and it is logged at ERROR; also how long a hot swap waits for the new
+    /// manifest's watches.
+    pub sync_timeout: Duration,
 }
 
 /// Why the operator could not start.
@@ -106,6 +111,7 @@ pub async fn start_from_source(
         config.instance.clone(),
         metrics.clone(),
         config.policy.clone(),
+        config.sync_timeout,
     );
     let (module, origin, rx, source_task) = match source {
         ModuleSource::File(path) => {
@@ -199,6 +205,7 @@ impl RunningOperator {
             kinds.clone(),
             config.scope.clone(),
             queue.clone(),
+            SyncState::new(config.sync_timeout, metrics.watches_overdue.clone()),
         );
         let executor =
             Executor::new(client.clone(), kinds, &manifest, config.instance.clone(), metrics.clone());
@@ -325,7 +332,7 @@ async fn serve_http(
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     let ready = {
         let controller = controller.clone();
-        Arc::new(move || controller.wiring().watches.caches.synced())
+        Arc::new(move || controller.wiring().watches.caches.not_ready().map_or(Ok(()), Err))
     };
     let healthy = {
         let controller = controller.clone();

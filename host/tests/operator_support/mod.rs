@@ -153,6 +153,7 @@ pub async fn start_operator_with_policy(
         instance: Some("test".into()),
         policy,
         stall_timeout: std::time::Duration::from_secs(300),
+        sync_timeout: std::time::Duration::from_secs(120),
     };
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
