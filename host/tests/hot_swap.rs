@@ -15,6 +15,8 @@
 //! - candidates that change the owner label or field manager, drop the finalizer a
 //!   Mirror carries, or ask for a kind the policy refuses are each refused, and the
 //!   Mirror still finishes deleting under v1;
+//! - a candidate refused because its CRD is not installed yet is tried again, with
+//!   backoff, and swaps in once the CRD is there, without a new push;
 //! - a swap while DittoServers are being deleted: each finalizer is handled as the
 //!   spec says (the PerconaPGCluster kept or deleted).
 //!
@@ -539,6 +541,61 @@ async fn a_swap_cannot_widen_the_identity_drop_a_carried_finalizer_or_ask_for_a_
     mirrors.delete("m", &DeleteParams::default()).await?;
     eventually("the Mirror to be gone", || async { Ok(mirrors.get_opt("m").await?.is_none().then_some(())) })
         .await?;
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_candidate_refused_for_the_clusters_reason_is_tried_again_until_it_swaps() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-retry").await?;
+    let ns = ns.name().to_owned();
+    // A kind of this test's own, whose CRD is not installed when the candidate comes.
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd_name = "widgets.retry.example.com";
+    if crds.get_opt(crd_name).await?.is_some() {
+        crds.delete(crd_name, &DeleteParams::default()).await?;
+        eventually("the leftover Widget CRD to go", || async {
+            Ok(crds.get_opt(crd_name).await?.is_none().then_some(()))
+        })
+        .await?;
+    }
+    let v1 = std::fs::read(mirror_wasm().await?)?;
+    push(&client, &ns, &v1).await?;
+    let op = start(&client, &ns).await?;
+
+    let mut manifest = configmap_mirror::manifest();
+    manifest.related.push(reconcile_sdk::KindRef {
+        api_version: "retry.example.com/v1".into(),
+        kind: "Widget".into(),
+        plural: "widgets".into(),
+        optional: false,
+        digest_only: false,
+    });
+    let candidate = with_manifest(&manifest)?;
+    let payload = compress_for_configmap(&candidate)?;
+    expect_refused(&op, &client, &ns, ("widget", payload), "discovery", "Widget", &digest(&v1)).await?;
+
+    // The cluster catches up; nobody pushes again.
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": crd_name},
+        "spec": {"group": "retry.example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    });
+    crds.create(&PostParams::default(), &serde_json::from_value(crd)?).await?;
+    let swapped = wait_active(&op, &digest(&candidate)).await;
+    crds.delete(crd_name, &DeleteParams::default()).await?;
+    swapped?;
+    assert_eq!(op.metrics.module_swaps.get(), 1);
     op.shutdown().await;
     Ok(())
 }

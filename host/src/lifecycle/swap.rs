@@ -28,6 +28,12 @@
 //!    A reconcile that starts in the instant between the two stores may pair the old
 //!    module with the new wiring; the requeue runs it again with the new pair.
 //!
+//! A refusal that is not the candidate's fault (the file cannot be read, an API error
+//! while checking rights or discovering kinds, new watches that do not list in time,
+//! a CRD that is not installed yet) is retried with backoff, from
+//! [`RETRY_FIRST`] doubling to [`RETRY_MAX`], until the source changes; one that
+//! is the candidate's fault is final for that payload.
+//!
 //! A refused candidate leaves the active module serving and is reported: a log line,
 //! `wasm_operator_module_rejected_total{reason}`, `/module`'s `lastRejection`, and for
 //! a ConfigMap source a Warning event `ModuleRejected` on the ConfigMap. A swap gives
@@ -35,7 +41,7 @@
 
 use super::source::{self, Payload, SourceState};
 use crate::cluster::sync::SyncState;
-use crate::cluster::{KindRegistry, Scope, watches};
+use crate::cluster::{DiscoveryError, KindRegistry, Scope, watches};
 use crate::control::{Controller, Wiring};
 use crate::error_chain;
 use crate::execute::Executor;
@@ -66,6 +72,18 @@ pub struct Refusal {
     pub message: String,
     /// The candidate's digest.
     pub digest: String,
+    /// Not the candidate's fault (an API error, a timeout): worth trying again.
+    pub transient: bool,
+}
+
+/// The first wait before a transient refusal is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between tries.
+pub const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// The wait before try `attempt` (1 for the first retry).
+fn retry_delay(attempt: u32) -> Duration {
+    RETRY_FIRST.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(RETRY_MAX)
 }
 
 /// The `reason` label for a runtime validation failure.
@@ -211,17 +229,20 @@ impl Swapper {
             reason: "decode",
             message: error_chain(&err),
             digest: digest(&payload.raw),
+            transient: false,
         })?;
         let candidate = digest(&bytes);
         let loaded = self.engine.load_async(bytes).await.map_err(|err| Refusal {
             reason: load_reason(&err),
             message: error_chain(&err),
             digest: candidate.clone(),
+            transient: !err.is_module_fault(),
         })?;
         self.policy.check_manifest(loaded.manifest()).map_err(|violation| Refusal {
             reason: "policy",
             message: violation.to_string(),
             digest: candidate,
+            transient: false,
         })?;
         Ok(loaded)
     }
@@ -274,22 +295,49 @@ impl Swapper {
     /// Handles the source's states until the source ends: each new module version is
     /// validated and swapped in, or refused.
     pub async fn run(mut self, mut rx: channel::Receiver<SourceState>, target: SwapTarget) {
+        // The payload refused for a transient reason, how many times, and when to try
+        // it again; a new payload starts over.
+        let mut retry: Option<(String, u32, tokio::time::Instant)> = None;
         loop {
             let state = rx.borrow_and_update().clone();
             match state {
-                SourceState::Unknown => {}
-                SourceState::Missing(why) => self.missing(&why, "the active module keeps serving"),
+                SourceState::Unknown => retry = None,
+                SourceState::Missing(why) => {
+                    retry = None;
+                    self.missing(&why, "the active module keeps serving");
+                }
                 SourceState::Present(payload) => {
                     self.last_missing = None;
                     let raw = digest(&payload.raw);
                     if self.last_seen.as_deref() != Some(raw.as_str()) {
-                        self.last_seen = Some(raw);
-                        self.offer(&payload, &target).await;
+                        self.last_seen = Some(raw.clone());
+                        let tries =
+                            retry.take().filter(|(of, ..)| *of == raw).map_or(0, |(_, tries, _)| tries);
+                        if let Err(refusal) = self.offer(&payload, &target).await
+                            && refusal.transient
+                        {
+                            let delay = retry_delay(tries.saturating_add(1));
+                            tracing::info!(
+                                reason = refusal.reason,
+                                "trying the candidate again in {}s",
+                                delay.as_secs()
+                            );
+                            retry = Some((raw, tries.saturating_add(1), tokio::time::Instant::now() + delay));
+                        }
                     }
                 }
             }
-            if rx.changed().await.is_err() {
-                return;
+            let retry_at = retry.as_ref().map(|(_, _, at)| *at);
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    // The same payload, looked at again.
+                    self.last_seen = None;
+                }
             }
         }
     }
@@ -303,14 +351,14 @@ impl Swapper {
         }
     }
 
-    /// Validates `payload` and swaps it in, or reports why not. Returns whether the
-    /// module is active now.
-    pub async fn offer(&mut self, payload: &Payload, target: &SwapTarget) -> bool {
+    /// Validates `payload` and swaps it in, or reports why not (and returns the
+    /// refusal).
+    pub async fn offer(&mut self, payload: &Payload, target: &SwapTarget) -> Result<(), Refusal> {
         let current = target.active.current();
         match self.swap(payload, target, &current).await {
             Ok(None) => {
                 tracing::debug!(origin = %payload.origin, "the module source holds the active module");
-                true
+                Ok(())
             }
             Ok(Some(info)) => {
                 let old = current.module.manifest();
@@ -324,11 +372,11 @@ impl Swapper {
                     origin = %payload.origin,
                     "module swapped"
                 );
-                true
+                Ok(())
             }
             Err(refusal) => {
                 self.refused(payload, &refusal, Some(&target.active)).await;
-                false
+                Err(refusal)
             }
         }
     }
@@ -347,7 +395,9 @@ impl Swapper {
         }
         let loaded = self.validate(payload).await?;
         let candidate = loaded.digest().to_owned();
-        let refuse = |reason, message| Refusal { reason, message, digest: candidate.clone() };
+        let refuse =
+            |reason, message| Refusal { reason, message, digest: candidate.clone(), transient: false };
+        let retry = |reason, message| Refusal { transient: true, ..refuse(reason, message) };
         let old = current.module.manifest();
         let new = loaded.manifest();
         let carried = target.controller.wiring().watches.caches.primary_finalizers();
@@ -355,7 +405,7 @@ impl Swapper {
 
         let missing =
             self.missing_rights(old, new, target.scope.namespace.as_deref()).await.map_err(|err| {
-                refuse(
+                retry(
                     "rights",
                     format!("cannot check the rights the new manifest needs: {}", error_chain(&err)),
                 )
@@ -369,7 +419,11 @@ impl Swapper {
 
         let wiring = if needs_new_wiring(old, new) {
             tracing::info!(name = %new.name, version = %new.version, "the new manifest changes the watched kinds: starting new watches");
-            Some(self.wire(new, target).await.map_err(|(reason, message)| refuse(reason, message))?)
+            Some(
+                self.wire(new, target)
+                    .await
+                    .map_err(|refusal| Refusal { digest: candidate.clone(), ..refusal })?,
+            )
         } else {
             None
         };
@@ -429,11 +483,16 @@ impl Swapper {
     }
 
     /// Discovers `manifest`'s kinds, starts its watches and waits for their initial
-    /// lists; the error is (reason, message).
-    async fn wire(&self, manifest: &Manifest, target: &SwapTarget) -> Result<Wiring, (&'static str, String)> {
-        let kinds = KindRegistry::discover(&target.client, &target.server, manifest)
-            .await
-            .map_err(|err| ("discovery", error_chain(&err)))?;
+    /// lists. Both fail for the cluster's reasons (an API error, a CRD not installed
+    /// yet, a watch that cannot list yet), worth retrying, except a cluster-scoped kind.
+    async fn wire(&self, manifest: &Manifest, target: &SwapTarget) -> Result<Wiring, Refusal> {
+        let refuse =
+            |reason, message, transient| Refusal { reason, message, digest: String::new(), transient };
+        let kinds =
+            KindRegistry::discover(&target.client, &target.server, manifest).await.map_err(|err| {
+                let transient = !matches!(err, DiscoveryError::NotNamespaced { .. });
+                refuse("discovery", error_chain(&err), transient)
+            })?;
         let kinds = Arc::new(kinds);
         let watches = watches::start(
             target.client.clone(),
@@ -452,12 +511,13 @@ impl Swapper {
         .await;
         if synced.is_err() {
             // Dropping the watches stops them.
-            return Err((
+            return Err(refuse(
                 "sync",
                 format!(
                     "the new manifest's watches did not deliver their initial lists within {}s (see the watch errors in the log)",
                     self.sync_timeout.as_secs()
                 ),
+                true,
             ));
         }
         let executor = Executor::new(
@@ -572,6 +632,13 @@ mod tests {
         let mut label = old.clone();
         label.owner_label = "example.com/other".into();
         assert!(needs_new_wiring(&old, &label));
+    }
+
+    #[test]
+    fn transient_refusals_are_retried_with_a_doubling_bounded_delay() {
+        let delays: Vec<u64> = (1..=9).map(|attempt| retry_delay(attempt).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
     }
 
     #[test]
