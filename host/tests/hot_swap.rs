@@ -17,6 +17,8 @@
 //!   Mirror still finishes deleting under v1;
 //! - a candidate refused because its CRD is not installed yet is tried again, with
 //!   backoff, and swaps in once the CRD is there, without a new push;
+//! - a host restarted while the ConfigMap holds no valid module starts from the last
+//!   module it accepted (kept in its cache directory), with a Warning event;
 //! - a swap while DittoServers are being deleted: each finalizer is handled as the
 //!   spec says (the PerconaPGCluster kept or deleted).
 //!
@@ -197,9 +199,16 @@ fn config(namespace: &str) -> OperatorConfig {
 
 /// An operator following the test's ConfigMap (which must get a valid module).
 async fn start(client: &Client, namespace: &str) -> Result<RunningOperator> {
+    start_with_cache(client, namespace, sandbox().cache).await
+}
+
+/// [`start`] with a compiled-module cache of its own: where the host keeps its last
+/// good module, which the shared one would hand from one test to another.
+async fn start_with_cache(client: &Client, namespace: &str, cache: ModuleCache) -> Result<RunningOperator> {
     let source = ModuleSource::ConfigMap(source(namespace));
+    let sandbox = SandboxConfig { cache, ..sandbox() };
     let op =
-        start_from_source(client.clone(), "the test cluster", &source, &sandbox(), config(namespace)).await?;
+        start_from_source(client.clone(), "the test cluster", &source, &sandbox, config(namespace)).await?;
     eventually("the caches to sync", || async { Ok(op.ready().then_some(())) }).await?;
     Ok(op)
 }
@@ -380,7 +389,9 @@ async fn rejected_candidates_leave_the_active_module_serving() -> Result<()> {
     // At start, the operator waits for a valid module and does not start on a bad one.
     let starting = {
         let (client, ns) = (client.clone(), ns.clone());
-        tokio::spawn(async move { start(&client, &ns).await })
+        // A cache of its own: with no last good module, the host waits.
+        let cache = ModuleCache::Dir(repo_root().join("target/test-module-cache-reject").join(&ns));
+        tokio::spawn(async move { start_with_cache(&client, &ns, cache).await })
     };
     push_raw(&client, &ns, b"this is not a wasm module".to_vec()).await?;
     eventually("the corrupt first module to be rejected", || async {
@@ -596,6 +607,45 @@ async fn a_candidate_refused_for_the_clusters_reason_is_tried_again_until_it_swa
     crds.delete(crd_name, &DeleteParams::default()).await?;
     swapped?;
     assert_eq!(op.metrics.module_swaps.get(), 1);
+    op.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restart_with_nothing_valid_at_the_source_starts_from_the_last_good_module() -> Result<()> {
+    let (cluster, client) = cluster().await?;
+    let ns = TestNamespace::create(cluster, "swap-last-good").await?;
+    let ns = ns.name().to_owned();
+    let cache_dir = tempfile::tempdir()?;
+    let cache = || ModuleCache::Dir(cache_dir.path().join("cache"));
+    let v1 = std::fs::read(mirror_wasm().await?)?;
+    push(&client, &ns, &v1).await?;
+    let op = start_with_cache(&client, &ns, cache()).await?;
+    wait_active(&op, &digest(&v1)).await?;
+    op.shutdown().await;
+
+    // While the host is down, the ConfigMap gets something that is no module.
+    push_raw(&client, &ns, b"\0asm\x01\0\0\0 not a module".to_vec()).await?;
+    let op = start_with_cache(&client, &ns, cache()).await?;
+    assert_eq!(op.active.current().module.digest(), digest(&v1), "the host did not start from v1");
+    let endpoint = module_endpoint(&op).await?;
+    assert!(endpoint["origin"].as_str().is_some_and(|o| o.contains("last good module")), "{endpoint}");
+    let notes = eventually("a LastGoodModule event", || async {
+        let notes = events(&client, &ns, CONFIGMAP, "LastGoodModule").await?;
+        Ok((!notes.is_empty()).then_some(notes))
+    })
+    .await?;
+    assert!(
+        notes.iter().any(|(type_, note)| type_ == "Warning" && note.contains("refused it (compile)")),
+        "{notes:?}"
+    );
+    // And it reconciles with it.
+    let mirrors = mirror_api(&client, &ns);
+    create_mirror(&client, &ns, "m", json!({"data": {"a": "1"}})).await?;
+    eventually("the Mirror to be Ready", || async {
+        Ok((mirrors.get("m").await?.data["status"]["phase"] == "Ready").then_some(()))
+    })
+    .await?;
     op.shutdown().await;
     Ok(())
 }

@@ -86,8 +86,10 @@ pub struct RunArgs {
     /// default `module.wasm`; binaryData, gzip allowed; `module push` uploads
     /// there). The ConfigMap is watched through the API: a new version is validated
     /// and swapped in without a restart, a bad one refused (Warning event on the
-    /// ConfigMap) while the running one keeps serving. At start the operator waits,
-    /// logging why, until the key holds a valid module; it reconciles nothing before.
+    /// ConfigMap) while the running one keeps serving. At start, when the key holds
+    /// no valid module, the operator starts from the last module it accepted (kept in
+    /// the module cache directory); without one it waits, logging why, and reconciles
+    /// nothing before.
     #[arg(
         long,
         value_name = "NS/NAME[:KEY]",

@@ -34,6 +34,10 @@
 //! [`RETRY_FIRST`] doubling to [`RETRY_MAX`], until the source changes; one that
 //! is the candidate's fault is final for that payload.
 //!
+//! Every module that becomes active is kept as the last good one (in the
+//! compiled-module cache directory): at start, when the source holds nothing valid,
+//! [`Swapper::first_module`] starts from it, with a Warning.
+//!
 //! A refused candidate leaves the active module serving and is reported: a log line,
 //! `wasm_operator_module_rejected_total{reason}`, `/module`'s `lastRejection`, and for
 //! a ConfigMap source a Warning event `ModuleRejected` on the ConfigMap. A swap gives
@@ -223,8 +227,8 @@ impl Swapper {
         &self.engine
     }
 
-    /// Decodes and validates one payload (steps 1 and 2).
-    async fn validate(&self, payload: &Payload) -> Result<Arc<LoadedModule>, Refusal> {
+    /// Decodes and validates one payload (steps 1 and 2); also gives the decoded bytes.
+    async fn validate(&self, payload: &Payload) -> Result<(Arc<LoadedModule>, Vec<u8>), Refusal> {
         let bytes = source::decode(&payload.raw).map_err(|err| Refusal {
             reason: "decode",
             message: error_chain(&err),
@@ -232,7 +236,7 @@ impl Swapper {
             transient: false,
         })?;
         let candidate = digest(&bytes);
-        let loaded = self.engine.load_async(bytes).await.map_err(|err| Refusal {
+        let loaded = self.engine.load_async(bytes.clone()).await.map_err(|err| Refusal {
             reason: load_reason(&err),
             message: error_chain(&err),
             digest: candidate.clone(),
@@ -244,28 +248,79 @@ impl Swapper {
             digest: candidate,
             transient: false,
         })?;
-        Ok(loaded)
+        Ok((loaded, bytes))
+    }
+
+    /// Keeps an accepted module's bytes for [`Swapper::last_good`] (with the
+    /// compiled-module cache; nowhere without one).
+    fn keep_last_good(&self, bytes: &[u8]) {
+        if let Some(cache) = self.engine.cache() {
+            cache.store_last_good(bytes);
+        }
+    }
+
+    /// The last module this host accepted, validated again, when the source holds
+    /// nothing valid at start (`why`); `None` when there is none or it fails now.
+    async fn last_good(&self, why: &str, refused: Option<&Payload>) -> Option<(Arc<WasmModule>, String)> {
+        let cache = self.engine.cache()?;
+        let raw = cache.last_good()?;
+        let origin = format!("the last good module in {}", cache.dir().display());
+        let payload = Payload { raw, origin: origin.clone(), reference: None };
+        match self.validate(&payload).await {
+            Ok((loaded, _)) => {
+                let note = format!(
+                    "the module source holds no valid module ({why}): starting from the last good module {} {} ({}); it serves until the source holds a valid one",
+                    loaded.manifest().name,
+                    loaded.manifest().version,
+                    loaded.digest()
+                );
+                tracing::warn!("{note}");
+                if let Some(refused) = refused {
+                    self.event(refused, EventType::Warning, "LastGoodModule", &note).await;
+                }
+                Some((Arc::new(WasmModule::new(loaded, self.caller.clone())), origin))
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    reason = refusal.reason,
+                    "the last good module is refused too: {}",
+                    refusal.message
+                );
+                None
+            }
+        }
     }
 
     /// Waits for the first module the source offers that validates: the start of a
-    /// ConfigMap source. Until then the operator does not reconcile at all. Refused
-    /// candidates are reported as during a swap; a missing ConfigMap or key is logged
-    /// (once per change) and waited for.
+    /// ConfigMap source. Refused candidates are reported as during a swap; a missing
+    /// ConfigMap or key is logged (once per change). When the source holds nothing
+    /// valid, the host starts from the last module it accepted, if it kept one (with a
+    /// Warning); otherwise it waits, and reconciles nothing until then.
     pub async fn first_module(
         &mut self,
         rx: &mut channel::Receiver<SourceState>,
     ) -> Option<(Arc<WasmModule>, String)> {
+        let mut tried_last_good = false;
         loop {
             let state = rx.borrow_and_update().clone();
             match state {
                 SourceState::Unknown => {}
-                SourceState::Missing(why) => self.missing(&why, "waiting for it before reconciling"),
+                SourceState::Missing(why) => {
+                    if !tried_last_good {
+                        tried_last_good = true;
+                        if let Some(found) = self.last_good(&why, None).await {
+                            return Some(found);
+                        }
+                    }
+                    self.missing(&why, "waiting for it before reconciling");
+                }
                 SourceState::Present(payload) => {
                     let raw = digest(&payload.raw);
                     if self.last_seen.as_deref() != Some(raw.as_str()) {
                         self.last_seen = Some(raw);
                         match self.validate(&payload).await {
-                            Ok(loaded) => {
+                            Ok((loaded, bytes)) => {
+                                self.keep_last_good(&bytes);
                                 let manifest = loaded.manifest();
                                 tracing::info!(name = %manifest.name, version = %manifest.version, digest = %loaded.digest(), origin = %payload.origin, "module loaded");
                                 self.event(
@@ -279,8 +334,15 @@ impl Swapper {
                                 return Some((module, payload.origin));
                             }
                             Err(refusal) => {
-                                tracing::warn!("still waiting for a valid module");
                                 self.refused(&payload, &refusal, None).await;
+                                if !tried_last_good {
+                                    tried_last_good = true;
+                                    let why = format!("{} refused it ({})", payload.origin, refusal.reason);
+                                    if let Some(found) = self.last_good(&why, Some(&payload)).await {
+                                        return Some(found);
+                                    }
+                                }
+                                tracing::warn!("still waiting for a valid module");
                             }
                         }
                     }
@@ -393,7 +455,7 @@ impl Swapper {
         {
             return Ok(None);
         }
-        let loaded = self.validate(payload).await?;
+        let (loaded, bytes) = self.validate(payload).await?;
         let candidate = loaded.digest().to_owned();
         let refuse =
             |reason, message| Refusal { reason, message, digest: candidate.clone(), transient: false };
@@ -439,6 +501,7 @@ impl Swapper {
             info.loaded_at,
         );
         self.metrics.module_swaps.inc();
+        self.keep_last_good(&bytes);
         let queue = target.controller.queue();
         for key in target.controller.wiring().watches.caches.primary_keys() {
             queue.enqueue(key, Cause::Swap);

@@ -41,6 +41,11 @@ use wasmtime::{Engine, Module};
 /// a node's disk; when the cache is on an `emptyDir`, give it a `sizeLimit` above this.
 pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
+/// The file of the last accepted module's bytes ([`CompiledCache::store_last_good`]).
+const LAST_GOOD: &str = "last-good.wasm";
+/// The largest last good module read back: the largest module a source delivers.
+const LAST_GOOD_MAX_BYTES: u64 = 64 << 20;
+
 /// Length of a sha256 in hex.
 const DIGEST_LEN: usize = 64;
 /// Length of an entry's name: the digest, `-`, the compatibility hash in hex.
@@ -257,6 +262,29 @@ impl CompiledCache {
         self.evict(&name);
     }
 
+    /// Keeps `bytes`, a module that passed every check and became active, as the last
+    /// good module: what the host starts from when its source holds nothing valid. It
+    /// is written like an entry (atomically, mode 0600) and neither counted nor
+    /// evicted; failures are logged.
+    pub fn store_last_good(&self, bytes: &[u8]) {
+        if let Err(err) = write_entry(&self.dir, LAST_GOOD, bytes) {
+            tracing::warn!(dir = %self.dir.display(), error = %err, "cannot keep the last good module");
+        }
+    }
+
+    /// The last good module's bytes, if there are usable ones (the same checks as an
+    /// entry's; the bytes are validated again like any module before they run).
+    pub fn last_good(&self) -> Option<Vec<u8>> {
+        let path = self.dir.join(LAST_GOOD);
+        match read_entry(&path, LAST_GOOD_MAX_BYTES) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!(file = %path.display(), error = %crate::error_chain(&err), "ignoring the last good module");
+                None
+            }
+        }
+    }
+
     /// Hits and misses of [`CompiledCache::load`] so far.
     pub fn stats(&self) -> (u64, u64) {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
@@ -463,6 +491,20 @@ fn effective_uid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_good_module_is_kept_apart_from_the_entries() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let cache = CompiledCache::open(&root.path().join("cache"), 1).expect("opens");
+        assert_eq!(cache.last_good(), None);
+        cache.store_last_good(b"\0asm v1");
+        cache.store_last_good(b"\0asm v2");
+        assert_eq!(cache.last_good().as_deref(), Some(&b"\0asm v2"[..]));
+        // Not an entry: a bound of one byte evicts nothing of it.
+        cache.evict("none");
+        assert_eq!(cache.last_good().as_deref(), Some(&b"\0asm v2"[..]));
+        assert_eq!(mode(&cache.dir().join(LAST_GOOD)), 0o600);
+    }
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
     use wasmtime::{Config, Instance, Store};
