@@ -99,6 +99,8 @@ pub enum Stop {
     },
     /// Guarded patches kept conflicting.
     Conflicts,
+    /// This replica stopped leading during the batch; the rest was not written.
+    NotLeading,
     /// The batch does not fit the primary's write budget now; nothing was written.
     OverBudget {
         /// How long to wait, and which limit.
@@ -128,6 +130,9 @@ impl Stop {
                 format!("guarded patches kept conflicting after {CONFLICT_RETRIES} attempts")
             }
             Stop::OverBudget { over, writes, .. } => format!("{writes} writes held back: {over}"),
+            Stop::NotLeading => {
+                "this replica stopped leading; the rest of the batch was not written".to_owned()
+            }
         }
     }
 }
@@ -304,6 +309,11 @@ impl<'a> Attempt<'a> {
     async fn execute(&self, batch: &Batch, primary: &mut PrimaryTarget) -> Result<bool, Stop> {
         let metrics = self.controller.metrics();
         for action in &batch.actions {
+            // Fencing: a leader that could not renew in time stops between actions,
+            // before its Lease can expire and another replica starts writing.
+            if !self.controller.is_leading() {
+                return Err(Stop::NotLeading);
+            }
             match self.wiring.executor.execute(action, self.manifest(), primary).await {
                 Ok(written) => {
                     metrics.action(action.op(), "success");

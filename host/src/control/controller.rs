@@ -62,6 +62,10 @@ impl Wiring {
     }
 }
 
+/// When a batch cut short by the loss of leadership is looked at again (by this
+/// replica only if it leads again).
+const NOT_LEADING_RETRY: Duration = Duration::from_secs(1);
+
 /// How one reconcile ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -212,6 +216,13 @@ impl Controller {
 
     /// Whether reconciling goes on: while this replica leads, some worker is alive and
     /// no work has waited unserved for longer than `stall`. The error says which.
+    /// Whether this replica reconciles now: it holds the Lease (or runs without
+    /// leader election). Checked before every action, so that a batch stops writing
+    /// as soon as leadership is lost.
+    pub(crate) fn is_leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
     pub fn health(&self, stall: Duration) -> Result<(), String> {
         if !self.leading.load(Ordering::Acquire) {
             return Ok(());
@@ -373,6 +384,8 @@ impl Controller {
                 attempt.wiring.watches.caches.forget(key);
                 Verdict::Gone
             }
+            // Whoever leads now reconciles it (a new leader looks at every primary).
+            Stop::NotLeading => Verdict::Delayed { message, after: NOT_LEADING_RETRY },
             Stop::OverBudget { over: OverBudget::Wait { after, exceeded }, primary, .. } => {
                 self.metrics.write_budget_exceeded(exceeded.label());
                 // The warning is the host's own write and is not budgeted; it is

@@ -8,10 +8,24 @@
 //! - expiry is judged on this replica's monotonic clock from when it last saw the
 //!   Lease change, not by comparing another machine's `renewTime` with ours, so clock
 //!   skew between nodes cannot cause two leaders;
+//! - every Lease request is given at most the time left until the renew deadline
+//!   (and at least one second): a request on a dead connection cannot hold a leader
+//!   past it;
 //! - a leader that cannot renew within [`LeaseConfig::renew_deadline`] (shorter than
-//!   the lease duration) steps down before another replica may take over;
-//! - [`LeaderElector::release`] hands the Lease back on shutdown, after the reconciles
-//!   in flight have finished, so a successor starts at once.
+//!   the lease duration) steps down before another replica may take over, and the
+//!   controller checks leadership before every action, so no batch goes on writing;
+//! - on shutdown the elector keeps renewing while the reconciles in flight finish
+//!   (the operator stops it only then), and [`LeaderElector::release`] hands the
+//!   Lease back, so a successor starts at once and never overlaps a draining leader.
+//!
+//! The worst-case overlap: a replica takes over no sooner than `lease_duration`
+//! after it last saw the Lease change, which is after the old leader's last renewal.
+//! The old leader stops starting actions `renew_deadline` after that renewal (10 s
+//! of 15 by default, plus at most one second of a Lease request's timeout), so two
+//! replicas write at once only if one action request of the old leader, started
+//! before its step-down, is still in flight `lease_duration - renew_deadline`
+//! (about 4 s) later. Clocks are not compared: both sides measure on their own
+//! monotonic clocks.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -73,6 +87,16 @@ pub enum LeaseError {
         #[source]
         source: kube::Error,
     },
+    /// A request got no answer in time.
+    #[error("lease {namespace}/{name}: no answer within {after:?}")]
+    Timeout {
+        /// The Lease's namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The time given.
+        after: Duration,
+    },
 }
 
 /// Runs the election for one replica.
@@ -103,6 +127,14 @@ impl LeaderElector {
             name: self.config.name.clone(),
             action,
             source,
+        }
+    }
+
+    fn timeout(&self, after: Duration) -> LeaseError {
+        LeaseError::Timeout {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            after,
         }
     }
 
@@ -173,7 +205,18 @@ impl LeaderElector {
     pub async fn run(&mut self, leading: &watch::Sender<bool>, mut shutdown: watch::Receiver<bool>) {
         let mut last_renewal: Option<Instant> = None;
         loop {
-            match self.try_acquire_or_renew().await {
+            // A leader's request may take what is left until its renew deadline; a
+            // follower's, the same deadline from now.
+            let budget = last_renewal
+                .map_or(self.config.renew_deadline, |at| {
+                    self.config.renew_deadline.saturating_sub(at.elapsed())
+                })
+                .max(Duration::from_secs(1));
+            let attempt = match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                Ok(attempt) => attempt,
+                Err(_) => Err(self.timeout(budget)),
+            };
+            match attempt {
                 Ok(true) => {
                     if last_renewal.is_none() {
                         tracing::info!(identity = %self.config.identity, lease = %self.config.name, "acquired the leader lease");
@@ -187,7 +230,7 @@ impl LeaderElector {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "leader election request failed");
-                    if last_renewal.is_some_and(|at| at.elapsed() > self.config.renew_deadline) {
+                    if last_renewal.is_some_and(|at| at.elapsed() >= self.config.renew_deadline) {
                         tracing::warn!("could not renew the leader lease in time: stepping down");
                         last_renewal = None;
                     }
@@ -206,8 +249,17 @@ impl LeaderElector {
         }
     }
 
-    /// Gives the Lease up if this replica holds it, so another can take over at once.
+    /// Gives the Lease up if this replica holds it, so another can take over at once;
+    /// gives up after the renew deadline (the Lease then expires on its own).
     pub async fn release(&self) -> Result<(), LeaseError> {
+        let after = self.config.renew_deadline;
+        match tokio::time::timeout(after, self.release_now()).await {
+            Ok(released) => released,
+            Err(_) => Err(self.timeout(after)),
+        }
+    }
+
+    async fn release_now(&self) -> Result<(), LeaseError> {
         let Some(mut lease) = self.api.get_opt(&self.config.name).await.map_err(|e| self.error("get", e))?
         else {
             return Ok(());

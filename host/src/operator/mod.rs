@@ -150,6 +150,8 @@ pub struct RunningOperator {
     swap_tasks: Vec<JoinHandle<()>>,
     http_addr: Option<SocketAddr>,
     shutdown: channel::Sender<bool>,
+    // Sent once the controller has drained: the Lease is renewed until then.
+    elector_stop: channel::Sender<bool>,
     controller_task: JoinHandle<()>,
     elector_task: Option<JoinHandle<LeaderElector>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
@@ -234,7 +236,9 @@ impl RunningOperator {
             }
             None => (None, None),
         };
-        let (leading_rx, elector_task) = elect(&client, config.leader, &metrics, shutdown_rx.clone());
+        // The elector stops only after the workers have drained (see `shutdown`).
+        let (elector_stop, elector_stop_rx) = channel::channel(false);
+        let (leading_rx, elector_task) = elect(&client, config.leader, &metrics, elector_stop_rx);
         let controller_task =
             tokio::spawn(controller.clone().run(config.concurrency, leading_rx, shutdown_rx));
         let swap_target = SwapTarget {
@@ -253,6 +257,7 @@ impl RunningOperator {
             swap_tasks: Vec::new(),
             http_addr,
             shutdown,
+            elector_stop,
             controller_task,
             elector_task,
             http_task,
@@ -298,6 +303,9 @@ impl RunningOperator {
         if let Err(err) = self.controller_task.await {
             tracing::error!(error = %err, "the controller task failed");
         }
+        // Renewed while the workers drained, so that no successor could start
+        // writing beside them; now it can go.
+        let _ = self.elector_stop.send(true);
         if let Some(task) = self.elector_task {
             match task.await {
                 Ok(elector) => {
