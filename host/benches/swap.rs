@@ -69,6 +69,7 @@ async fn bench() -> Result<()> {
         policy: Default::default(),
         stall_timeout: std::time::Duration::from_secs(300),
         sync_timeout: std::time::Duration::from_secs(120),
+        drain_timeout: std::time::Duration::from_secs(25),
     };
     let op = start_from_source(
         client.clone(),

@@ -194,6 +194,7 @@ fn config(namespace: &str) -> OperatorConfig {
         policy: Default::default(),
         stall_timeout: std::time::Duration::from_secs(300),
         sync_timeout: std::time::Duration::from_secs(120),
+        drain_timeout: std::time::Duration::from_secs(25),
     }
 }
 

@@ -68,6 +68,7 @@ async fn start(client: &kube::Client, namespace: &str, identity: &str) -> Result
         policy: Default::default(),
         stall_timeout: Duration::from_secs(300),
         sync_timeout: Duration::from_secs(120),
+        drain_timeout: std::time::Duration::from_secs(25),
     };
     let module = NativeModule::new(configmap_mirror::manifest(), |_| Outcome::actions(vec![]));
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)

@@ -115,6 +115,10 @@ pub struct RunArgs {
     /// swap waits for a new manifest's watches.
     #[arg(long = "sync-timeout", default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub sync_timeout_seconds: u64,
+    /// Seconds shutdown (SIGTERM) waits for reconciles in flight before it stops
+    /// without them; keep it under the pod's terminationGracePeriodSeconds (30).
+    #[arg(long = "drain-timeout", default_value_t = 25, value_name = "SECONDS")]
+    pub drain_timeout_seconds: u64,
     /// Only reconcile while holding a coordination.k8s.io Lease, so that several
     /// replicas can run for availability.
     #[arg(long)]

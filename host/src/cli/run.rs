@@ -49,6 +49,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         policy: args.policy.policy(&args.outcome),
         stall_timeout: Duration::from_secs(args.stall_timeout_seconds),
         sync_timeout: Duration::from_secs(args.sync_timeout_seconds),
+        drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
     };
     let operator = tokio::select! {
         operator = start_from_source(client, &server, &source, &sandbox, config) => {

@@ -53,6 +53,10 @@ pub struct OperatorConfig {
     /// it and it is logged at ERROR; also how long a hot swap waits for the new
     /// manifest's watches.
     pub sync_timeout: Duration,
+    /// How long [`RunningOperator::shutdown`] waits for reconciles in flight before
+    /// it stops without them (a hung call would otherwise hold it until the kubelet
+    /// kills the pod).
+    pub drain_timeout: Duration,
 }
 
 /// Why the operator could not start.
@@ -152,6 +156,7 @@ pub struct RunningOperator {
     shutdown: channel::Sender<bool>,
     // Sent once the controller has drained: the Lease is renewed until then.
     elector_stop: channel::Sender<bool>,
+    drain_timeout: Duration,
     controller_task: JoinHandle<()>,
     elector_task: Option<JoinHandle<LeaderElector>>,
     http_task: Option<JoinHandle<std::io::Result<()>>>,
@@ -258,6 +263,7 @@ impl RunningOperator {
             http_addr,
             shutdown,
             elector_stop,
+            drain_timeout: config.drain_timeout,
             controller_task,
             elector_task,
             http_task,
@@ -300,8 +306,19 @@ impl RunningOperator {
             task.abort();
         }
         let _ = self.shutdown.send(true);
-        if let Err(err) = self.controller_task.await {
-            tracing::error!(error = %err, "the controller task failed");
+        let mut controller_task = self.controller_task;
+        match tokio::time::timeout(self.drain_timeout, &mut controller_task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "the controller task failed"),
+            // The reconciles left behind start no further action: the controller no
+            // longer counts as leading, and every action checks that first.
+            Err(_) => {
+                tracing::warn!(
+                    "reconciles still in flight after {}s: stopping without them",
+                    self.drain_timeout.as_secs()
+                );
+                controller_task.abort();
+            }
         }
         // Renewed while the workers drained, so that no successor could start
         // writing beside them; now it can go.

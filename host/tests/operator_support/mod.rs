@@ -154,6 +154,7 @@ pub async fn start_operator_with_policy(
         policy,
         stall_timeout: std::time::Duration::from_secs(300),
         sync_timeout: std::time::Duration::from_secs(120),
+        drain_timeout: std::time::Duration::from_secs(25),
     };
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
