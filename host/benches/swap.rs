@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits, digest};
 use wasm_operator::{
-    Backoff, ConfigMapSource, ModuleSource, OperatorConfig, RunningOperator, Scope, compress_for_configmap,
+    ConfigMapSource, ModuleSource, OperatorConfig, RunningOperator, Scope, compress_for_configmap,
     start_from_source,
 };
 
@@ -61,15 +61,8 @@ async fn bench() -> Result<()> {
     };
     let config = OperatorConfig {
         scope: Scope { namespace: Some(ns.name().into()), label_selector: None },
-        concurrency: 4,
-        http_addr: None,
-        leader: None,
-        backoff: Backoff::default(),
         instance: Some("bench".into()),
-        policy: Default::default(),
-        stall_timeout: std::time::Duration::from_secs(300),
-        sync_timeout: std::time::Duration::from_secs(120),
-        drain_timeout: std::time::Duration::from_secs(25),
+        ..OperatorConfig::default()
     };
     let op = start_from_source(
         client.clone(),

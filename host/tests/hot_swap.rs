@@ -186,15 +186,10 @@ async fn push_raw(client: &Client, namespace: &str, bytes: Vec<u8>) -> Result<()
 fn config(namespace: &str) -> OperatorConfig {
     OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
-        concurrency: 4,
         http_addr: Some("127.0.0.1:0".parse().expect("an address")),
-        leader: None,
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("hot-swap-test".into()),
-        policy: Default::default(),
-        stall_timeout: std::time::Duration::from_secs(300),
-        sync_timeout: std::time::Duration::from_secs(120),
-        drain_timeout: std::time::Duration::from_secs(25),
+        ..OperatorConfig::default()
     }
 }
 

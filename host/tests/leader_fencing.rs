@@ -61,14 +61,10 @@ async fn start(client: &kube::Client, namespace: &str, identity: &str) -> Result
     let config = OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
         concurrency: 2,
-        http_addr: None,
         leader: Some(lease),
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some(identity.to_owned()),
-        policy: Default::default(),
-        stall_timeout: Duration::from_secs(300),
-        sync_timeout: Duration::from_secs(120),
-        drain_timeout: std::time::Duration::from_secs(25),
+        ..OperatorConfig::default()
     };
     let module = NativeModule::new(configmap_mirror::manifest(), |_| Outcome::actions(vec![]));
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)

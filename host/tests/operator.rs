@@ -485,14 +485,9 @@ async fn only_the_leader_reconciles_and_a_successor_takes_over_on_shutdown() -> 
         let config = OperatorConfig {
             scope: Scope { namespace: Some(ns.clone()), label_selector: None },
             concurrency: 2,
-            http_addr: None,
             leader: Some(lease),
-            backoff: Default::default(),
             instance: Some(identity.into()),
-            policy: Default::default(),
-            stall_timeout: std::time::Duration::from_secs(300),
-            sync_timeout: std::time::Duration::from_secs(120),
-            drain_timeout: std::time::Duration::from_secs(25),
+            ..OperatorConfig::default()
         };
         let client = client.clone();
         async move {
@@ -598,13 +593,9 @@ async fn healthz_fails_when_every_worker_is_stuck_and_shutdown_does_not_wait_for
         scope: wasm_operator::Scope { namespace: Some(ns.clone()), label_selector: None },
         concurrency: 2,
         http_addr: Some("127.0.0.1:0".parse()?),
-        leader: None,
-        backoff: Default::default(),
-        instance: None,
-        policy: Default::default(),
         stall_timeout: Duration::from_secs(2),
-        sync_timeout: std::time::Duration::from_secs(120),
         drain_timeout: std::time::Duration::from_secs(1),
+        ..wasm_operator::OperatorConfig::default()
     };
     let op =
         wasm_operator::RunningOperator::start(client.clone(), "the test cluster", module, config).await?;
@@ -751,14 +742,7 @@ async fn the_label_selector_scopes_which_primaries_are_reconciled() -> Result<()
     let config = OperatorConfig {
         scope: Scope { namespace: Some(ns.clone()), label_selector: Some("shard=a".into()) },
         concurrency: 2,
-        http_addr: None,
-        leader: None,
-        backoff: Default::default(),
-        instance: None,
-        policy: Default::default(),
-        stall_timeout: std::time::Duration::from_secs(300),
-        sync_timeout: std::time::Duration::from_secs(120),
-        drain_timeout: std::time::Duration::from_secs(25),
+        ..OperatorConfig::default()
     };
     let op = RunningOperator::start(client.clone(), "the test cluster", module.clone(), config).await?;
     wait_ready(&op).await?;

@@ -59,6 +59,26 @@ pub struct OperatorConfig {
     pub drain_timeout: Duration,
 }
 
+impl Default for OperatorConfig {
+    /// `run`'s defaults: every namespace, 4 reconciles at once, no HTTP endpoints,
+    /// no leader election, the default backoff and policy, and the 300 s stall,
+    /// 120 s sync and 25 s drain timeouts.
+    fn default() -> Self {
+        Self {
+            scope: Scope::default(),
+            concurrency: 4,
+            http_addr: None,
+            leader: None,
+            backoff: Backoff::default(),
+            instance: None,
+            policy: AdminPolicy::default(),
+            stall_timeout: Duration::from_secs(300),
+            sync_timeout: Duration::from_secs(120),
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
 /// Why the operator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -146,15 +146,11 @@ pub async fn start_operator_with_policy(
 ) -> Result<RunningOperator> {
     let config = OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
-        concurrency: 4,
         http_addr: Some("127.0.0.1:0".parse()?),
-        leader: None,
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("test".into()),
         policy,
-        stall_timeout: std::time::Duration::from_secs(300),
-        sync_timeout: std::time::Duration::from_secs(120),
-        drain_timeout: std::time::Duration::from_secs(25),
+        ..OperatorConfig::default()
     };
     Ok(RunningOperator::start(client.clone(), "the test cluster", module, config).await?)
 }
