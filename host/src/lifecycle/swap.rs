@@ -227,16 +227,20 @@ impl Swapper {
         &self.engine
     }
 
-    /// Decodes and validates one payload (steps 1 and 2); also gives the decoded bytes.
-    async fn validate(&self, payload: &Payload) -> Result<(Arc<LoadedModule>, Vec<u8>), Refusal> {
-        let bytes = source::decode(&payload.raw).map_err(|err| Refusal {
+    /// Decodes one payload (step 1).
+    fn decode(payload: &Payload) -> Result<Vec<u8>, Refusal> {
+        source::decode(&payload.raw).map_err(|err| Refusal {
             reason: "decode",
             message: error_chain(&err),
             digest: digest(&payload.raw),
             transient: false,
-        })?;
+        })
+    }
+
+    /// Validates a decoded module (step 2): the runtime's checks, then the policy.
+    async fn validate(&self, bytes: Vec<u8>) -> Result<Arc<LoadedModule>, Refusal> {
         let candidate = digest(&bytes);
-        let loaded = self.engine.load_async(bytes.clone()).await.map_err(|err| Refusal {
+        let loaded = self.engine.load_async(bytes).await.map_err(|err| Refusal {
             reason: load_reason(&err),
             message: error_chain(&err),
             digest: candidate.clone(),
@@ -248,14 +252,19 @@ impl Swapper {
             digest: candidate,
             transient: false,
         })?;
-        Ok((loaded, bytes))
+        Ok(loaded)
     }
 
-    /// Keeps an accepted module's bytes for [`Swapper::last_good`] (with the
-    /// compiled-module cache; nowhere without one).
-    fn keep_last_good(&self, bytes: &[u8]) {
+    /// Decodes and validates one payload (steps 1 and 2).
+    async fn decode_and_validate(&self, payload: &Payload) -> Result<Arc<LoadedModule>, Refusal> {
+        self.validate(Self::decode(payload)?).await
+    }
+
+    /// Keeps an accepted payload, as stored (gzip or not), for [`Swapper::last_good`]
+    /// (with the compiled-module cache; nowhere without one).
+    fn keep_last_good(&self, payload: &Payload) {
         if let Some(cache) = self.engine.cache() {
-            cache.store_last_good(bytes);
+            cache.store_last_good(&payload.raw);
         }
     }
 
@@ -266,8 +275,8 @@ impl Swapper {
         let raw = cache.last_good()?;
         let origin = format!("the last good module in {}", cache.dir().display());
         let payload = Payload { raw, origin: origin.clone(), reference: None };
-        match self.validate(&payload).await {
-            Ok((loaded, _)) => {
+        match self.decode_and_validate(&payload).await {
+            Ok(loaded) => {
                 let note = format!(
                     "the module source holds no valid module ({why}): starting from the last good module {} {} ({}); it serves until the source holds a valid one",
                     loaded.manifest().name,
@@ -318,9 +327,9 @@ impl Swapper {
                     let raw = digest(&payload.raw);
                     if self.last_seen.as_deref() != Some(raw.as_str()) {
                         self.last_seen = Some(raw);
-                        match self.validate(&payload).await {
-                            Ok((loaded, bytes)) => {
-                                self.keep_last_good(&bytes);
+                        match self.decode_and_validate(&payload).await {
+                            Ok(loaded) => {
+                                self.keep_last_good(&payload);
                                 let manifest = loaded.manifest();
                                 tracing::info!(name = %manifest.name, version = %manifest.version, digest = %loaded.digest(), origin = %payload.origin, "module loaded");
                                 self.event(
@@ -449,13 +458,12 @@ impl Swapper {
         target: &SwapTarget,
         current: &LoadedModuleInfo,
     ) -> Result<Option<Arc<LoadedModuleInfo>>, Refusal> {
+        let bytes = Self::decode(payload)?;
         // Cheap before the validation: the same module again is no swap.
-        if let Ok(bytes) = source::decode(&payload.raw)
-            && digest(&bytes) == current.module.digest()
-        {
+        if digest(&bytes) == current.module.digest() {
             return Ok(None);
         }
-        let (loaded, bytes) = self.validate(payload).await?;
+        let loaded = self.validate(bytes).await?;
         let candidate = loaded.digest().to_owned();
         let refuse =
             |reason, message| Refusal { reason, message, digest: candidate.clone(), transient: false };
@@ -482,9 +490,10 @@ impl Swapper {
         let wiring = if needs_new_wiring(old, new) {
             tracing::info!(name = %new.name, version = %new.version, "the new manifest changes the watched kinds: starting new watches");
             Some(
-                self.wire(new, target)
-                    .await
-                    .map_err(|refusal| Refusal { digest: candidate.clone(), ..refusal })?,
+                self.wire(new, target).await.map_err(|(reason, message, transient)| Refusal {
+                    transient,
+                    ..refuse(reason, message)
+                })?,
             )
         } else {
             None
@@ -501,7 +510,7 @@ impl Swapper {
             info.loaded_at,
         );
         self.metrics.module_swaps.inc();
-        self.keep_last_good(&bytes);
+        self.keep_last_good(payload);
         let queue = target.controller.queue();
         for key in target.controller.wiring().watches.caches.primary_keys() {
             queue.enqueue(key, Cause::Swap);
@@ -548,13 +557,16 @@ impl Swapper {
     /// Discovers `manifest`'s kinds, starts its watches and waits for their initial
     /// lists. Both fail for the cluster's reasons (an API error, a CRD not installed
     /// yet, a watch that cannot list yet), worth retrying, except a cluster-scoped kind.
-    async fn wire(&self, manifest: &Manifest, target: &SwapTarget) -> Result<Wiring, Refusal> {
-        let refuse =
-            |reason, message, transient| Refusal { reason, message, digest: String::new(), transient };
+    /// The error is (reason, message, transient).
+    async fn wire(
+        &self,
+        manifest: &Manifest,
+        target: &SwapTarget,
+    ) -> Result<Wiring, (&'static str, String, bool)> {
         let kinds =
             KindRegistry::discover(&target.client, &target.server, manifest).await.map_err(|err| {
                 let transient = !matches!(err, DiscoveryError::NotNamespaced { .. });
-                refuse("discovery", error_chain(&err), transient)
+                ("discovery", error_chain(&err), transient)
             })?;
         let kinds = Arc::new(kinds);
         let watches = watches::start(
@@ -574,7 +586,7 @@ impl Swapper {
         .await;
         if synced.is_err() {
             // Dropping the watches stops them.
-            return Err(refuse(
+            return Err((
                 "sync",
                 format!(
                     "the new manifest's watches did not deliver their initial lists within {}s (see the watch errors in the log)",

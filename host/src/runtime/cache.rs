@@ -43,7 +43,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
 /// The file of the last accepted module's bytes ([`CompiledCache::store_last_good`]).
 const LAST_GOOD: &str = "last-good.wasm";
-/// The largest last good module read back: the largest module a source delivers.
+/// The largest last good payload read back: the largest module a source delivers.
 const LAST_GOOD_MAX_BYTES: u64 = 64 << 20;
 
 /// Length of a sha256 in hex.
@@ -262,8 +262,9 @@ impl CompiledCache {
         self.evict(&name);
     }
 
-    /// Keeps `bytes`, a module that passed every check and became active, as the last
-    /// good module: what the host starts from when its source holds nothing valid. It
+    /// Keeps `bytes`, the payload of a module that passed every check and became
+    /// active (as its source held it, gzip or not), as the last good module: what the
+    /// host starts from when its source holds nothing valid. It
     /// is written like an entry (atomically, mode 0600) and neither counted nor
     /// evicted; failures are logged.
     pub fn store_last_good(&self, bytes: &[u8]) {
