@@ -134,9 +134,9 @@ impl std::fmt::Debug for LoadedModule {
 }
 
 /// The exports of ABI v1 and their types, in the order they are checked.
-const MEMORY: &str = "memory";
-const MEMORY_TYPE: &str = "a 32-bit unshared memory";
-const ABI_VERSION_FN: (&str, &str) = ("reconcile_abi_version", "() -> i32");
+pub(super) const MEMORY: &str = "memory";
+pub(super) const MEMORY_TYPE: &str = "a 32-bit unshared memory";
+pub(super) const ABI_VERSION_FN: (&str, &str) = ("reconcile_abi_version", "() -> i32");
 const FUNCTIONS: [(&str, &str); 4] = [
     ("reconcile_alloc", "(i32) -> i32"),
     ("reconcile_free", "(i32, i32) -> ()"),
@@ -322,26 +322,8 @@ fn refused_before_compiling(err: PrecheckError) -> LoadError {
 }
 
 fn memory_export(module: &Module) -> Result<ModuleExport, LoadError> {
-    const EXPECTED: &str = MEMORY_TYPE;
-    match module.get_export(MEMORY) {
-        Some(ExternType::Memory(memory)) if !memory.is_64() && !memory.is_shared() => {}
-        Some(ExternType::Memory(_)) => {
-            return Err(LoadError::WrongExport {
-                name: MEMORY,
-                expected: EXPECTED,
-                found: "a 64-bit or shared memory".into(),
-            });
-        }
-        Some(other) => {
-            return Err(LoadError::WrongExport {
-                name: MEMORY,
-                expected: EXPECTED,
-                found: extern_kind(&other).into(),
-            });
-        }
-        None => return Err(LoadError::MissingExport { name: MEMORY, expected: EXPECTED }),
-    }
-    module.get_export_index(MEMORY).ok_or(LoadError::MissingExport { name: MEMORY, expected: EXPECTED })
+    // Its type was checked on the bytes, before compiling (`precheck`).
+    module.get_export_index(MEMORY).ok_or(LoadError::MissingExport { name: MEMORY, expected: MEMORY_TYPE })
 }
 
 fn func_export(

@@ -44,8 +44,8 @@ pub const MAX_LISTED_IMPORTS: usize = 16;
 /// The exports checked before compiling, with their types, in the order they are
 /// checked. The wording matches the load checks', so a module gets the same message
 /// whichever check refuses it.
-const MEMORY: (&str, &str) = ("memory", "a 32-bit unshared memory");
-const ABI_VERSION_FN: (&str, &str) = ("reconcile_abi_version", "() -> i32");
+const MEMORY: (&str, &str) = (super::module::MEMORY, super::module::MEMORY_TYPE);
+const ABI_VERSION_FN: (&str, &str) = super::module::ABI_VERSION_FN;
 
 /// What compiling one module may cost: bounds on the module's size and shape, checked
 /// by [`precheck`], and the wall-clock limit of [`compile_with_timeout`].
