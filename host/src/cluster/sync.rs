@@ -10,13 +10,14 @@
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The watches still waiting for their initial list.
 #[derive(Debug)]
 pub struct SyncState {
     pending: Mutex<BTreeMap<u64, Pending>>,
-    next: Mutex<u64>,
+    next: AtomicU64,
     timeout: Duration,
     // Watches reported overdue and still pending (`wasm_operator_watches_overdue`).
     overdue: Gauge,
@@ -64,14 +65,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SyncState {
     /// No watch yet; one is overdue after `timeout`, and counted in `overdue` then.
     pub fn new(timeout: Duration, overdue: Gauge) -> Self {
-        Self { pending: Mutex::default(), next: Mutex::default(), timeout, overdue }
+        Self { pending: Mutex::default(), next: AtomicU64::new(0), timeout, overdue }
     }
 
     /// Records a watch that starts now, waiting for its initial list.
     pub fn start(&self, name: String) -> WatchId {
-        let mut next = lock(&self.next);
-        let id = *next;
-        *next += 1;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         lock(&self.pending)
             .insert(id, Pending { name, since: Instant::now(), last_error: None, reported: false });
         WatchId(id)
