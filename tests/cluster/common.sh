@@ -39,3 +39,33 @@ pid_var() { # <component> -> name of its variable in state.env
   local name="${1//-/_}"
   printf '%s_PID' "${name^^}"
 }
+
+# --- used by up.sh and restart.sh -------------------------------------------
+
+admin_kubectl() {
+  "$CLUSTER_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE" --request-timeout=5s "$@"
+}
+
+# Waits (START_TIMEOUT seconds at most) until <command> succeeds, failing early with
+# the end of the component's log when its process, PIDS[<component>], exits.
+wait_for() { # <component> <description> <command...>
+  local component="$1" what="$2" deadline=$((SECONDS + START_TIMEOUT))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "${PIDS[$component]}" 2>/dev/null; then
+      tail -n 20 "$LOG_DIR/$component.log" >&2
+      die "$component exited while waiting for $what; see $LOG_DIR/$component.log"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$LOG_DIR/$component.log" >&2
+      die "timed out after ${START_TIMEOUT}s waiting for $what; see $LOG_DIR/$component.log"
+    fi
+    sleep 0.5
+  done
+}
+
+etcd_healthy() {
+  [[ "$(exec 3<>"/dev/tcp/127.0.0.1/$ETCD_CLIENT_PORT" && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && cat <&3)" == *'"health":"true"'* ]]
+}
+
+readyz_ok() { [[ "$(admin_kubectl get --raw /readyz 2>/dev/null)" == ok ]]; }

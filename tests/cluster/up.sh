@@ -45,10 +45,6 @@ START_TIMEOUT="${CLUSTER_START_TIMEOUT:-120}"
 
 take_cluster_lock
 
-admin_kubectl() {
-  "$CLUSTER_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE" --request-timeout=5s "$@"
-}
-
 # Already running? Every recorded process must be ours and alive, and the API
 # server must answer /readyz with our admin credentials.
 if [[ -f "$STATE_FILE" ]]; then
@@ -166,32 +162,15 @@ start() { # <component> <args...>
   local component="$1"
   shift
   : >"$LOG_DIR/$component.log"
+  # The exact arguments, NUL-separated, so that restart.sh can start the component
+  # again as it was (same ports, certificates and data) after a test killed it.
+  printf '%s\0' "$@" >"$STATE_DIR/$component.args"
   # 8>&-: the server must not inherit the cluster lock, or it would hold it
   # for as long as it runs and every later up.sh/down.sh would wait forever.
   setsid "$BIN_DIR/$component" "$@" </dev/null >>"$LOG_DIR/$component.log" 2>&1 8>&- &
   PIDS[$component]=$!
   write_state
   log "started $component (pid ${PIDS[$component]}, log $LOG_DIR/$component.log)"
-}
-
-wait_for() { # <component> <description> <command...>
-  local component="$1" what="$2" deadline=$((SECONDS + START_TIMEOUT))
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    if ! kill -0 "${PIDS[$component]}" 2>/dev/null; then
-      tail -n 20 "$LOG_DIR/$component.log" >&2
-      die "$component exited while waiting for $what; see $LOG_DIR/$component.log"
-    fi
-    if ((SECONDS >= deadline)); then
-      tail -n 20 "$LOG_DIR/$component.log" >&2
-      die "timed out after ${START_TIMEOUT}s waiting for $what; see $LOG_DIR/$component.log"
-    fi
-    sleep 0.5
-  done
-}
-
-etcd_healthy() {
-  [[ "$(exec 3<>"/dev/tcp/127.0.0.1/$ETCD_CLIENT_PORT" && printf 'GET /health HTTP/1.0\r\n\r\n' >&3 && cat <&3)" == *'"health":"true"'* ]]
 }
 
 # Durability is pointless for a throwaway test store; skipping fsync keeps etcd
@@ -255,7 +234,6 @@ start kube-apiserver \
   --endpoint-reconciler-type=none \
   --allow-privileged=true \
   --profiling=false
-readyz_ok() { [[ "$(admin_kubectl get --raw /readyz 2>/dev/null)" == ok ]]; }
 wait_for kube-apiserver "kube-apiserver /readyz to answer ok" readyz_ok
 
 # Only what the tests need: the garbage collector for ownerReference cascades
