@@ -30,6 +30,10 @@ Afterwards:
 Environment:
   CLUSTER_START_TIMEOUT  seconds to wait for each component (default 120)
   DITTOFS_CLUSTER_DIR    instead of target/cluster
+  DITTOFS_APISERVER_EXTRA_FLAGS
+                         more kube-apiserver flags, separated by whitespace (e.g.
+                         --max-requests-inflight=100 --audit-log-path=...); only
+                         when a control plane is started, a running one is reused as is
 Stop it with down.sh (make cluster-down).
 EOF
 }
@@ -42,6 +46,8 @@ for arg in "$@"; do
 done
 
 START_TIMEOUT="${CLUSTER_START_TIMEOUT:-120}"
+# Split on whitespace, no quoting: flags with paths that contain spaces do not fit.
+read -r -a APISERVER_EXTRA_FLAGS <<<"${DITTOFS_APISERVER_EXTRA_FLAGS:-}"
 
 take_cluster_lock
 
@@ -233,7 +239,8 @@ start kube-apiserver \
   --service-cluster-ip-range=10.0.0.0/24 \
   --endpoint-reconciler-type=none \
   --allow-privileged=true \
-  --profiling=false
+  --profiling=false \
+  "${APISERVER_EXTRA_FLAGS[@]}"
 wait_for kube-apiserver "kube-apiserver /readyz to answer ok" readyz_ok
 
 # Only what the tests need: the garbage collector for ownerReference cascades
