@@ -26,6 +26,7 @@ pub mod identity;
 pub mod namespace;
 pub mod objects;
 pub mod operator;
+pub mod private_cluster;
 pub mod record;
 pub mod wait;
 
