@@ -111,8 +111,9 @@ pub struct RunArgs {
     #[arg(long = "stall-timeout", default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_seconds: u64,
     /// Seconds a watch may take to deliver its first list before /readyz names it and
-    /// it is logged at ERROR (reconciling waits for every watch); also how long a hot
-    /// swap waits for a new manifest's watches.
+    /// it is logged at ERROR (the primaries that depend on it wait; a deletion no
+    /// longer waits for an optional kind's); also how long a hot swap waits for a new
+    /// manifest's watches.
     #[arg(long = "sync-timeout", default_value_t = 120, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub sync_timeout_seconds: u64,
     /// Seconds shutdown (SIGTERM) waits for reconciles in flight before it stops

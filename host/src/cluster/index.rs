@@ -102,20 +102,35 @@ impl ObjectStore {
         self.objects.remove(key)
     }
 
-    /// Replaces the whole content (after a watch's initial list); returns the keys of
-    /// every object that was there before or is there now.
-    pub fn replace_all(&mut self, objs: Vec<DynamicObject>) -> Vec<ObjectKey> {
-        let mut touched: Vec<ObjectKey> = self.objects.keys().cloned().collect();
-        self.objects.clear();
+    /// Replaces the objects of `namespace` (every object when `None`) after a watch's
+    /// (re)list; returns the keys of every object that was there before or is there now.
+    pub fn replace(&mut self, namespace: Option<&str>, objs: Vec<Arc<DynamicObject>>) -> Vec<ObjectKey> {
+        let in_scope = |key: &ObjectKey| namespace.is_none_or(|ns| key.namespace == ns);
+        let mut touched: Vec<ObjectKey> = self.objects.keys().filter(|k| in_scope(k)).cloned().collect();
+        self.objects.retain(|key, _| !in_scope(key));
         for obj in objs {
             if let Some(key) = ObjectKey::of(&obj) {
                 touched.push(key.clone());
-                self.objects.insert(key, Arc::new(obj));
+                self.objects.insert(key, obj);
             }
         }
         touched.sort();
         touched.dedup();
         touched
+    }
+
+    /// The cached copy of `obj` if it has the same resourceVersion, i.e. the same
+    /// content. A relist keeps that copy instead of the new one, so that it holds one
+    /// copy of what did not change rather than two until it is done.
+    pub fn same_version(&self, obj: &DynamicObject) -> Option<Arc<DynamicObject>> {
+        let cached = self.objects.get(&ObjectKey::of(obj)?)?;
+        let version = obj.metadata.resource_version.as_deref()?;
+        (cached.metadata.resource_version.as_deref() == Some(version)).then(|| cached.clone())
+    }
+
+    /// The namespaces that hold an object.
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        self.objects.keys().map(|key| key.namespace.clone()).collect()
     }
 
     /// The object at `key`.
@@ -210,17 +225,24 @@ impl RelatedStore {
         }
     }
 
-    /// Replaces the whole content; returns every primary claimed before or after.
-    pub fn replace_all(&mut self, objs: Vec<DynamicObject>) -> Vec<ObjectKey> {
-        let mut owners: Vec<ObjectKey> = self.by_owner.keys().cloned().collect();
-        self.by_owner.clear();
+    /// Replaces the objects of `namespace` (every object when `None`); returns every
+    /// primary claimed before or after.
+    pub fn replace(&mut self, namespace: Option<&str>, objs: Vec<Arc<DynamicObject>>) -> Vec<ObjectKey> {
+        let in_scope = |key: &ObjectKey| namespace.is_none_or(|ns| key.namespace == ns);
+        let mut owners: Vec<ObjectKey> = self.by_owner.keys().filter(|k| in_scope(k)).cloned().collect();
+        self.by_owner.retain(|owner, _| !in_scope(owner));
         for obj in &objs {
             owners.extend(self.index(obj));
         }
-        self.objects.replace_all(objs);
+        self.objects.replace(namespace, objs);
         owners.sort();
         owners.dedup();
         owners
+    }
+
+    /// See [`ObjectStore::same_version`].
+    pub fn same_version(&self, obj: &DynamicObject) -> Option<Arc<DynamicObject>> {
+        self.objects.same_version(obj)
     }
 
     /// The objects claiming the primary `primary` through the owner label, by name.
@@ -395,14 +417,42 @@ mod tests {
     }
 
     #[test]
-    fn replace_all_drops_vanished_objects_and_reports_every_owner() {
+    fn replace_drops_vanished_objects_and_reports_every_owner() {
         let mut store = RelatedStore::new(LABEL);
         store.apply(obj("a", "gone", Some("p"), None));
-        let touched = store.replace_all(vec![obj("a", "new", Some("q"), None)]);
+        let touched = store.replace(None, vec![Arc::new(obj("a", "new", Some("q"), None))]);
         assert_eq!(touched, [ObjectKey::new("a", "p"), ObjectKey::new("a", "q")]);
         assert!(store.claimed_by(&ObjectKey::new("a", "p")).is_empty());
         assert!(store.get(&ObjectKey::new("a", "gone")).is_none());
         assert_eq!(names(&store.claimed_by(&ObjectKey::new("a", "q"))), ["new"]);
+    }
+
+    #[test]
+    fn replacing_a_namespace_leaves_the_others_alone() {
+        let mut store = RelatedStore::new(LABEL);
+        store.apply(obj("a", "one", Some("p"), None));
+        store.apply(obj("b", "two", Some("p"), None));
+        let touched = store.replace(Some("a"), Vec::new());
+        assert_eq!(touched, [ObjectKey::new("a", "p")]);
+        assert!(store.get(&ObjectKey::new("a", "one")).is_none());
+        assert_eq!(names(&store.claimed_by(&ObjectKey::new("b", "p"))), ["two"]);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn a_relist_reuses_the_cached_copy_of_an_unchanged_object_only() {
+        let versioned = |version: &str| {
+            let mut o = obj("a", "one", Some("p"), None);
+            o.metadata.resource_version = Some(version.into());
+            o
+        };
+        let mut store = RelatedStore::new(LABEL);
+        store.apply(versioned("7"));
+        let cached = store.get(&ObjectKey::new("a", "one")).expect("cached");
+        let same = store.same_version(&versioned("7")).expect("same version");
+        assert!(Arc::ptr_eq(&same, &cached));
+        assert!(store.same_version(&versioned("8")).is_none());
+        assert!(store.same_version(&obj("a", "one", Some("p"), None)).is_none(), "no version: not the same");
     }
 
     fn managed(mut obj: DynamicObject, manager: &str) -> DynamicObject {

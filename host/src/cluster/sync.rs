@@ -1,11 +1,17 @@
 //! Which watches have not delivered their initial list yet, since when, and why.
 //!
-//! Reconciling waits for every watch's first list (a half-listed cache could show an
-//! existing object as missing). A watch that can never list (no RBAC for its kind, a
-//! CRD whose conversion webhook is down) would make that wait silent and endless; this
-//! keeps what is needed to say so: each pending watch's name, when it started, and
-//! the last error it got. Past the sync timeout, `/readyz` names it, and the first error
-//! after that is logged at ERROR with what to do.
+//! A primary is reconciled only once every watch it depends on has listed (a
+//! half-listed cache could show an existing object as missing): the watches of the
+//! whole scope, and those of its own namespace. A watch that can never list (no RBAC
+//! for its kind, a CRD whose conversion webhook is down) would make that wait silent
+//! and endless; this keeps what is needed to say so: each pending watch's name, when
+//! it started, and the last error it got. Past the sync timeout, `/readyz` names it,
+//! and the first error after that is logged at ERROR with what to do.
+//!
+//! Past the sync timeout, a watch of an *optional* kind no longer holds up primaries
+//! that are being deleted: their cleanup goes on as if the kind were absent, which
+//! is how the module must already treat a kind whose CRD is not installed. Waiting
+//! instead would leave them Terminating for as long as the kind cannot list.
 
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::BTreeMap;
@@ -27,6 +33,10 @@ pub struct SyncState {
 struct Pending {
     /// `related apps/v1 StatefulSet`, say.
     name: String,
+    /// The namespace whose primaries it holds up; every primary's when `None`.
+    namespace: Option<String>,
+    /// Its kind is optional in the manifest.
+    optional: bool,
     since: Instant,
     last_error: Option<String>,
     reported: bool,
@@ -53,6 +63,18 @@ impl std::fmt::Display for Overdue {
     }
 }
 
+/// What a starting watch is, for [`SyncState::start`].
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// `related apps/v1 StatefulSet`, say; ` in <namespace>` is added for a
+    /// namespace's watch.
+    pub name: String,
+    /// The namespace whose primaries wait for it; every primary's when `None`.
+    pub namespace: Option<String>,
+    /// Its kind is optional in the manifest.
+    pub optional: bool,
+}
+
 /// One watch's place in a [`SyncState`], until it is [`SyncState::done`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WatchId(u64);
@@ -69,14 +91,19 @@ impl SyncState {
     }
 
     /// Records a watch that starts now, waiting for its initial list.
-    pub fn start(&self, name: String) -> WatchId {
+    pub fn start(&self, watched: Watched) -> WatchId {
+        let Watched { mut name, namespace, optional } = watched;
+        if let Some(namespace) = &namespace {
+            name = format!("{name} in {namespace}");
+        }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pending)
-            .insert(id, Pending { name, since: Instant::now(), last_error: None, reported: false });
+        let pending =
+            Pending { name, namespace, optional, since: Instant::now(), last_error: None, reported: false };
+        lock(&self.pending).insert(id, pending);
         WatchId(id)
     }
 
-    /// The watch delivered its initial list. Idempotent.
+    /// The watch delivered its initial list, or was stopped. Idempotent.
     pub fn done(&self, id: WatchId) {
         if lock(&self.pending).remove(&id.0).is_some_and(|watch| watch.reported) {
             self.overdue.dec();
@@ -102,6 +129,17 @@ impl SyncState {
     /// Whether every watch has delivered its initial list.
     pub fn synced(&self) -> bool {
         lock(&self.pending).is_empty()
+    }
+
+    /// Whether a primary in `namespace` may be reconciled: every watch of the whole
+    /// scope and of that namespace has listed, but for overdue optional kinds when the
+    /// primary is `deleting` (see the module docs).
+    pub fn synced_for(&self, namespace: &str, deleting: bool) -> bool {
+        lock(&self.pending).values().all(|watch| {
+            let holds = watch.namespace.as_deref().is_none_or(|ns| ns == namespace);
+            let waived = deleting && watch.optional && watch.since.elapsed() >= self.timeout;
+            !holds || waived
+        })
     }
 
     /// The watches that have waited longer than the timeout, in the order they started.
@@ -130,10 +168,14 @@ impl Drop for SyncState {
 mod tests {
     use super::*;
 
+    fn all(name: &str) -> Watched {
+        Watched { name: name.into(), namespace: None, optional: false }
+    }
+
     #[test]
     fn a_watch_is_pending_until_done_and_overdue_past_the_timeout() {
         let patient = SyncState::new(Duration::from_secs(3600), Gauge::default());
-        let watch = patient.start("related v1 ConfigMap".into());
+        let watch = patient.start(all("related v1 ConfigMap"));
         assert!(!patient.synced());
         assert!(patient.overdue().is_empty());
         patient.done(watch);
@@ -141,8 +183,8 @@ mod tests {
 
         let state = SyncState::new(Duration::ZERO, Gauge::default());
         assert!(state.synced());
-        let primary = state.start("primary v1 Mirror".into());
-        let related = state.start("related v1 ConfigMap".into());
+        let primary = state.start(all("primary v1 Mirror"));
+        let related = state.start(all("related v1 ConfigMap"));
         state.done(primary);
         state.done(primary);
         let overdue = state.overdue();
@@ -155,13 +197,13 @@ mod tests {
     #[test]
     fn only_the_first_failure_past_the_timeout_is_reported_and_counted_until_listed() {
         let patient = SyncState::new(Duration::from_secs(3600), Gauge::default());
-        let watch = patient.start("related v1 ConfigMap".into());
+        let watch = patient.start(all("related v1 ConfigMap"));
         // Before the timeout: recorded, not reported.
         assert_eq!(patient.failed(watch, "403 Forbidden".into()), None);
 
         let gauge = Gauge::default();
         let state = SyncState::new(Duration::ZERO, gauge.clone());
-        let watch = state.start("related v1 ConfigMap".into());
+        let watch = state.start(all("related v1 ConfigMap"));
         let reported = state.failed(watch, "403 Forbidden".into()).expect("reported once");
         assert_eq!(reported.last_error.as_deref(), Some("403 Forbidden"));
         assert!(reported.to_string().starts_with("the related v1 ConfigMap watch has not listed in "));
@@ -173,10 +215,44 @@ mod tests {
         assert_eq!(gauge.get(), 0);
         assert_eq!(state.failed(watch, "late".into()), None);
         // Dropped while overdue: no longer counted either.
-        let other = state.start("reads v1 Secret".into());
+        let other = state.start(all("reads v1 Secret"));
         assert!(state.failed(other, "403".into()).is_some());
         assert_eq!(gauge.get(), 1);
         drop(state);
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_namespace_watch_holds_up_only_its_namespace_and_an_overdue_optional_kind_no_deletion() {
+        let state = SyncState::new(Duration::from_secs(3600), Gauge::default());
+        let config_maps = state.start(Watched {
+            name: "related v1 ConfigMap".into(),
+            namespace: Some("a".into()),
+            optional: false,
+        });
+        assert!(!state.synced_for("a", false));
+        assert!(!state.synced_for("a", true));
+        assert!(state.synced_for("b", false));
+        assert_eq!(state.overdue().len(), 0);
+        state.done(config_maps);
+        assert!(state.synced_for("a", false));
+        let reads = state.start(all("reads v1 Secret"));
+        assert!(!state.synced_for("b", true), "a watch of the whole scope holds up every namespace");
+        state.done(reads);
+
+        // An optional kind: holds up everyone until the timeout, then no deletion.
+        let overdue = SyncState::new(Duration::ZERO, Gauge::default());
+        let percona = overdue.start(Watched {
+            name: "related pgv2.percona.com/v2 PerconaPGCluster".into(),
+            namespace: Some("a".into()),
+            optional: true,
+        });
+        assert!(!overdue.synced_for("a", false), "a live primary still waits for it");
+        assert!(overdue.synced_for("a", true), "a deletion goes on without it");
+        assert_eq!(overdue.overdue()[0].name, "related pgv2.percona.com/v2 PerconaPGCluster in a");
+        overdue.done(percona);
+        let required = overdue.start(all("related apps/v1 StatefulSet"));
+        assert!(!overdue.synced_for("a", true), "a required kind holds up deletions too");
+        overdue.done(required);
     }
 }

@@ -2,17 +2,27 @@
 //!
 //! - the primary kind, scoped by `--namespace` and `--label-selector`, into the
 //!   primary store; every change queues that primary;
-//! - each served related kind, scoped by namespace and by the existence of the owner
-//!   label (objects without it are never associated), into the association index;
-//!   a change queues the primaries the object was and is claimed by;
+//! - each served related kind, filtered by the existence of the owner label (objects
+//!   without it are never associated), into the association index; a change queues
+//!   the primaries the object was and is claimed by. With `--namespace` one watch per
+//!   kind covers it. Watching every namespace, each namespace that holds a primary
+//!   gets its own watch per kind, started when its first primary appears and stopped
+//!   (its objects dropped) when its last one goes ([`RelatedWatches`]): labelled
+//!   objects in namespaces without primaries, which anyone allowed to create a
+//!   ConfigMap there can make, are never cached;
 //! - each served `reads` kind, metadata only (values are never cached), mapped back to
 //!   the primaries that required the object through the requirement index;
 //! - a re-discovery loop for optional kinds that are absent, which starts their watch
 //!   when their CRD appears and then reconciles every primary.
 //!
 //! Each watch is pending in [`Caches::sync`] until its initial list
-//! ([`super::sync`]): reconciling waits for all of them, and one that has not listed
-//! within the sync timeout is named by `/readyz` and logged at ERROR with its error.
+//! ([`super::sync`]): a primary is reconciled once the watches of the whole scope and
+//! of its namespace have listed, and one that has not listed within the sync timeout
+//! is named by `/readyz` and logged at ERROR with its error.
+//!
+//! A relist (after a watch expired) keeps the cached copy of every object whose
+//! resourceVersion did not change, so it holds one copy of the cache plus the objects
+//! that changed, rather than two copies until it is done.
 //!
 //! [`start`] is the one place watches are set up; a hot swap whose manifest changes
 //! the kinds drops the [`Watches`] (aborting its tasks) and calls it again.
@@ -22,7 +32,7 @@
 
 use super::discovery::{KindLookup, KindRegistry, resolve};
 use super::index::{KindKey, ObjectKey, ObjectStore, RelatedStore, RequirementIndex, RequirementTarget};
-use super::sync::{SyncState, WatchId};
+use super::sync::{SyncState, WatchId, Watched};
 use super::trigger::is_own_status_echo;
 use crate::queue::{Cause, WorkQueue};
 use futures::{StreamExt, TryStreamExt};
@@ -34,8 +44,9 @@ use kube::discovery::ApiResource;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use reconcile_sdk::{KindRef, Manifest};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -72,6 +83,10 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Caches {
@@ -143,6 +158,25 @@ impl Caches {
         self.sync.synced()
     }
 
+    /// Whether `primary` may be reconciled: every watch it depends on has listed
+    /// (see [`SyncState::synced_for`]).
+    pub fn synced_for(&self, primary: &ObjectKey) -> bool {
+        let deleting = self.primary(primary).is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+        self.sync.synced_for(&primary.namespace, deleting)
+    }
+
+    /// How many objects are cached, by watch role and kind (`primary`, `related`),
+    /// for `wasm_operator_cached_objects`.
+    pub fn counts(&self) -> Vec<(&'static str, String, usize)> {
+        let mut counts = Vec::new();
+        let primaries = read(&self.primaries).len();
+        counts.push(("primary", String::new(), primaries));
+        for (kind, store) in read(&self.related).iter() {
+            counts.push(("related", kind.kind.clone(), store.len()));
+        }
+        counts
+    }
+
     /// Why the operator is not ready, or `None` when every watch has listed: the
     /// watches past the sync timeout by name, else how many are still listing.
     pub fn not_ready(&self) -> Option<String> {
@@ -154,7 +188,7 @@ impl Caches {
             return Some("caches not synced yet".to_owned());
         }
         let reasons: Vec<String> = overdue.iter().map(ToString::to_string).collect();
-        Some(format!("{}; reconciling waits for every watch", reasons.join("; ")))
+        Some(format!("{}; the primaries that depend on them wait", reasons.join("; ")))
     }
 
     fn queue_existing(
@@ -188,13 +222,115 @@ pub struct Watches {
     /// The kinds as discovered (and re-discovered).
     pub kinds: Arc<KindRegistry>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    related: Arc<Mutex<RelatedWatches>>,
 }
 
 impl Drop for Watches {
     fn drop(&mut self) {
-        for task in self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+        for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+        lock(&self.related).stop_all();
+    }
+}
+
+/// A served related kind.
+#[derive(Debug, Clone)]
+struct RelatedKind {
+    key: KindKey,
+    resource: ApiResource,
+    optional: bool,
+}
+
+/// One running related watch.
+#[derive(Debug)]
+struct RelatedWatch {
+    task: JoinHandle<()>,
+    id: WatchId,
+    // Set before the watch's objects are dropped, and checked under the store's lock by
+    // the task, so that an event it is still handling cannot put one back.
+    stopped: Arc<AtomicBool>,
+}
+
+/// The related watches by namespace: one entry, `None`, for the whole scope with
+/// `--namespace`; else one per namespace that holds a primary.
+#[derive(Debug)]
+struct RelatedWatches {
+    per_namespace: bool,
+    kinds: Vec<RelatedKind>,
+    running: HashMap<Option<String>, Vec<RelatedWatch>>,
+}
+
+impl RelatedWatches {
+    /// The entry a primary in `namespace` is served by.
+    fn scope_of(&self, namespace: &str) -> Option<String> {
+        self.per_namespace.then(|| namespace.to_owned())
+    }
+
+    /// Starts the watches of `scope` unless they run.
+    fn ensure(&mut self, ctx: &WatchContext, scope: Option<String>) {
+        if self.running.contains_key(&scope) {
+            return;
+        }
+        let watches = self.kinds.iter().map(|kind| RelatedWatch::start(ctx, kind, scope.clone())).collect();
+        self.running.insert(scope, watches);
+    }
+
+    /// A kind that became served: watched wherever related kinds are.
+    fn add_kind(&mut self, ctx: &WatchContext, kind: RelatedKind) {
+        for (scope, watches) in &mut self.running {
+            watches.push(RelatedWatch::start(ctx, &kind, scope.clone()));
+        }
+        self.kinds.push(kind);
+    }
+
+    /// Stops the watches of every namespace not in `keep`, dropping their objects.
+    fn retain(&mut self, ctx: &WatchContext, keep: &BTreeSet<String>) {
+        if !self.per_namespace {
+            return;
+        }
+        let gone: Vec<Option<String>> = self
+            .running
+            .keys()
+            .filter(|scope| scope.as_ref().is_some_and(|ns| !keep.contains(ns)))
+            .cloned()
+            .collect();
+        for scope in gone {
+            let Some(watches) = self.running.remove(&scope) else { continue };
+            for watch in &watches {
+                watch.stop(&ctx.caches.sync);
+            }
+            let mut related = write(&ctx.caches.related);
+            for store in related.values_mut() {
+                store.replace(scope.as_deref(), Vec::new());
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for watch in self.running.drain().flat_map(|(_, watches)| watches) {
+            watch.task.abort();
+        }
+    }
+}
+
+impl RelatedWatch {
+    fn start(ctx: &WatchContext, kind: &RelatedKind, namespace: Option<String>) -> Self {
+        let watched = Watched {
+            name: watch_name("related", &kind.resource),
+            namespace: namespace.clone(),
+            optional: kind.optional,
+        };
+        let id = ctx.caches.sync.start(watched);
+        let stopped = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(watch_related(ctx.clone(), kind.clone(), namespace, id, stopped.clone()));
+        Self { task, id, stopped }
+    }
+
+    fn stop(&self, sync: &SyncState) {
+        self.stopped.store(true, Ordering::Release);
+        self.task.abort();
+        sync.done(self.id);
     }
 }
 
@@ -207,6 +343,16 @@ struct WatchContext {
     field_manager: String,
     caches: Arc<Caches>,
     queue: Arc<WorkQueue<ObjectKey>>,
+    related: Arc<Mutex<RelatedWatches>>,
+}
+
+impl WatchContext {
+    /// Starts the related watches that a primary in `namespace` needs, if not running.
+    fn watch_namespace(&self, namespace: &str) {
+        let mut related = lock(&self.related);
+        let scope = related.scope_of(namespace);
+        related.ensure(self, scope);
+    }
 }
 
 /// Starts every watch `manifest` calls for, with `kinds` as discovered.
@@ -220,6 +366,18 @@ pub fn start(
     sync: SyncState,
 ) -> Watches {
     let caches = Arc::new(Caches::new(manifest, sync));
+    let mut related_kinds = Vec::new();
+    for kind in &manifest.related {
+        let key = KindKey::new(&kind.api_version, &kind.kind);
+        if let KindLookup::Served(_, resource) = kinds.lookup(&key)
+            && !related_kinds.iter().any(|k: &RelatedKind| k.key == key)
+        {
+            related_kinds.push(RelatedKind { key, resource, optional: kind.optional });
+        }
+    }
+    let per_namespace = scope.namespace.is_none();
+    let related =
+        Arc::new(Mutex::new(RelatedWatches { per_namespace, kinds: related_kinds, running: HashMap::new() }));
     let ctx = WatchContext {
         client,
         scope,
@@ -227,43 +385,47 @@ pub fn start(
         field_manager: manifest.field_manager.clone(),
         caches: caches.clone(),
         queue,
+        related: related.clone(),
     };
     let tasks = Arc::new(Mutex::new(Vec::new()));
-    let spawn = |tasks: &Mutex<Vec<JoinHandle<()>>>, task: JoinHandle<()>| {
-        tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(task);
-    };
+    let spawn = |tasks: &Mutex<Vec<JoinHandle<()>>>, task: JoinHandle<()>| lock(tasks).push(task);
     let primary = kinds.primary().clone();
-    let id = caches.sync.start(watch_name("primary", &primary));
+    let id = caches.sync.start(everywhere(watch_name("primary", &primary)));
     spawn(&tasks, tokio::spawn(watch_primaries(ctx.clone(), primary, id)));
-    let mut started = std::collections::HashSet::new();
-    for kind in &manifest.related {
-        let key = KindKey::new(&kind.api_version, &kind.kind);
-        if let KindLookup::Served(_, resource) = kinds.lookup(&key)
-            && started.insert(("related", key.clone()))
-        {
-            let id = caches.sync.start(watch_name("related", &resource));
-            spawn(&tasks, tokio::spawn(watch_related(ctx.clone(), key, resource, id)));
-        }
+    if !per_namespace {
+        // One set for the whole scope, from the start.
+        lock(&related).ensure(&ctx, None);
     }
+    let mut started = std::collections::HashSet::new();
     for kind in &manifest.reads {
         let key = KindKey::new(&kind.api_version, &kind.kind);
         if let KindLookup::Served(_, resource) = kinds.lookup(&key)
-            && started.insert(("reads", key.clone()))
+            && started.insert(key.clone())
         {
-            let id = caches.sync.start(watch_name("reads", &resource));
+            let watched =
+                Watched { name: watch_name("reads", &resource), namespace: None, optional: kind.optional };
+            let id = caches.sync.start(watched);
             spawn(&tasks, tokio::spawn(watch_reads(ctx.clone(), key, resource, id)));
         }
     }
-    let role_of = {
-        let related: Vec<KindKey> =
-            manifest.related.iter().map(|k| KindKey::new(&k.api_version, &k.kind)).collect();
-        move |k: &KindKey| related.contains(k)
-    };
+    let related_manifest = manifest.related.clone();
     spawn(
         &tasks,
-        tokio::spawn(rediscover(ctx, server, kinds.clone(), tasks.clone(), role_of, manifest.reads.clone())),
+        tokio::spawn(rediscover(
+            ctx,
+            server,
+            kinds.clone(),
+            tasks.clone(),
+            related_manifest,
+            manifest.reads.clone(),
+        )),
     );
-    Watches { caches, kinds, tasks }
+    Watches { caches, kinds, tasks, related }
+}
+
+/// A watch every primary waits for.
+fn everywhere(name: String) -> Watched {
+    Watched { name, namespace: None, optional: false }
 }
 
 fn api_for<K>(ctx: &WatchContext, resource: &ApiResource) -> Api<K>
@@ -320,24 +482,46 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource, id: WatchId) 
                     .is_some_and(|previous| is_own_status_echo(&previous, &obj, &ctx.field_manager));
                 strip(&mut obj, &ctx.field_manager);
                 write(&ctx.caches.primaries).apply(obj);
+                ctx.watch_namespace(&key.namespace);
                 if !echo {
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
             }
             Event::Delete(obj) => {
                 if let Some(key) = ObjectKey::of(&obj) {
-                    write(&ctx.caches.primaries).delete(&key);
+                    let namespaces = {
+                        let mut primaries = write(&ctx.caches.primaries);
+                        primaries.delete(&key);
+                        primaries.namespaces()
+                    };
+                    lock(&ctx.related).retain(&ctx, &namespaces);
                     // The reconcile finds it gone and forgets its state.
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
             }
             Event::Init => buffer.clear(),
             Event::InitApply(mut obj) => {
-                strip(&mut obj, &ctx.field_manager);
-                buffer.push(obj);
+                let cached = read(&ctx.caches.primaries).same_version(&obj);
+                buffer.push(cached.unwrap_or_else(|| {
+                    strip(&mut obj, &ctx.field_manager);
+                    Arc::new(obj)
+                }));
             }
             Event::InitDone => {
-                let touched = write(&ctx.caches.primaries).replace_all(std::mem::take(&mut buffer));
+                let (touched, namespaces) = {
+                    let mut primaries = write(&ctx.caches.primaries);
+                    let touched = primaries.replace(None, std::mem::take(&mut buffer));
+                    (touched, primaries.namespaces())
+                };
+                // Before this watch counts as listed, so that no primary is reconciled
+                // before the watches of its namespace are pending.
+                let mut related = lock(&ctx.related);
+                related.retain(&ctx, &namespaces);
+                for namespace in &namespaces {
+                    let scope = related.scope_of(namespace);
+                    related.ensure(&ctx, scope);
+                }
+                drop(related);
                 for key in touched {
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
@@ -347,16 +531,29 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource, id: WatchId) 
     }
 }
 
-async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource, id: WatchId) {
+async fn watch_related(
+    ctx: WatchContext,
+    kind: RelatedKind,
+    namespace: Option<String>,
+    id: WatchId,
+    stopped: Arc<AtomicBool>,
+) {
     // Only labelled objects can ever be associated, so the API server filters.
     let config = watcher::Config::default().labels(&ctx.owner_label);
-    let api: Api<DynamicObject> = api_for(&ctx, &resource);
-    let mut stream = watcher(api, config, &ctx, &resource, id);
+    let api: Api<DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &kind.resource),
+        None => api_for(&ctx, &kind.resource),
+    };
+    let mut stream = watcher(api, config, &ctx, &kind.resource, id);
     let mut buffer = Vec::new();
     while let Some(event) = stream.next().await {
         let (owners, changed): (Vec<ObjectKey>, Vec<ObjectKey>) = {
             let mut related = write(&ctx.caches.related);
-            let store = related.entry(kind.clone()).or_insert_with(|| RelatedStore::new(&ctx.owner_label));
+            if stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let store =
+                related.entry(kind.key.clone()).or_insert_with(|| RelatedStore::new(&ctx.owner_label));
             match event {
                 Event::Apply(mut obj) => {
                     strip(&mut obj, &ctx.field_manager);
@@ -372,20 +569,22 @@ async fn watch_related(ctx: WatchContext, kind: KindKey, resource: ApiResource, 
                     (Vec::new(), Vec::new())
                 }
                 Event::InitApply(mut obj) => {
-                    strip(&mut obj, &ctx.field_manager);
-                    buffer.push(obj);
+                    buffer.push(store.same_version(&obj).unwrap_or_else(|| {
+                        strip(&mut obj, &ctx.field_manager);
+                        Arc::new(obj)
+                    }));
                     (Vec::new(), Vec::new())
                 }
                 Event::InitDone => {
-                    let owners = store.replace_all(std::mem::take(&mut buffer));
+                    let owners = store.replace(namespace.as_deref(), std::mem::take(&mut buffer));
                     ctx.caches.sync.done(id);
                     (owners, Vec::new())
                 }
             }
         };
-        ctx.caches.queue_existing(&ctx.queue, owners, &kind);
+        ctx.caches.queue_existing(&ctx.queue, owners, &kind.key);
         for key in changed {
-            ctx.caches.queue_requirers(&ctx.queue, &kind, key);
+            ctx.caches.queue_requirers(&ctx.queue, &kind.key, key);
         }
     }
 }
@@ -478,7 +677,7 @@ async fn rediscover(
     server: String,
     kinds: Arc<KindRegistry>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    is_related: impl Fn(&KindKey) -> bool + Send + 'static,
+    related: Vec<KindRef>,
     reads: Vec<KindRef>,
 ) {
     let mut interval = tokio::time::interval(REDISCOVERY_INTERVAL);
@@ -497,16 +696,19 @@ async fn rediscover(
             tracing::info!(kind = %kind.kind, api_version = %kind.api_version, "optional kind is served now; watching it");
             let key = KindKey::new(&kind.api_version, &kind.kind);
             kinds.mark_served(&kind, resource.clone());
-            let mut started = Vec::new();
-            if is_related(&key) {
-                let id = ctx.caches.sync.start(watch_name("related", &resource));
-                started.push(tokio::spawn(watch_related(ctx.clone(), key.clone(), resource.clone(), id)));
+            if let Some(declared) = related.iter().find(|r| r.is(&key.api_version, &key.kind)) {
+                let served =
+                    RelatedKind { key: key.clone(), resource: resource.clone(), optional: declared.optional };
+                lock(&ctx.related).add_kind(&ctx, served);
             }
             if reads.iter().any(|r| r.is(&key.api_version, &key.kind)) {
-                let id = ctx.caches.sync.start(watch_name("reads", &resource));
-                started.push(tokio::spawn(watch_reads(ctx.clone(), key.clone(), resource, id)));
+                let id = ctx.caches.sync.start(Watched {
+                    name: watch_name("reads", &resource),
+                    namespace: None,
+                    optional: true,
+                });
+                lock(&tasks).push(tokio::spawn(watch_reads(ctx.clone(), key.clone(), resource, id)));
             }
-            tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(started);
             // What a module may do depends on which kinds exist: look at everyone again.
             for primary in ctx.caches.primary_keys() {
                 ctx.queue.enqueue(primary, Cause::Resync);

@@ -311,10 +311,11 @@ impl Controller {
                 _ = stop.wait_for(|s| *s) => return,
                 next = self.queue.next() => next,
             };
-            if !self.wiring().watches.caches.synced() {
+            if !self.wiring().watches.caches.synced_for(&key) {
                 // A snapshot from a half-listed cache could show an existing object as
-                // missing, and a module would re-create (overwrite) it: wait for every
-                // watch's initial list, at startup and when an optional kind appears.
+                // missing, and a module would re-create (overwrite) it: wait for the
+                // initial list of every watch this primary depends on, at startup, when
+                // its namespace gets its watches and when an optional kind appears.
                 self.queue.enqueue_after(key.clone(), CACHE_SYNC_POLL, Cause::CacheSync);
                 self.queue.done(&key);
                 continue;

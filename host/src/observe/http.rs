@@ -34,6 +34,9 @@ pub struct HttpState {
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// Whether reconciling goes on, or why not.
     pub healthy: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Brings the gauges that are read from elsewhere (the cache sizes) up to date;
+    /// called before each scrape.
+    pub refresh: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// The router of the endpoints.
@@ -47,6 +50,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
+    (state.refresh)();
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.encode(),

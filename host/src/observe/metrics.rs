@@ -57,6 +57,15 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of a count of cached objects.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The watch's role: `primary` or `related`.
+    pub role: String,
+    /// The kind (empty for the primary).
+    pub kind: String,
+}
+
 /// The operator's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -81,6 +90,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Watches that have not delivered their initial list within the sync timeout.
     pub watches_overdue: Gauge,
+    /// Objects in the watch caches, by role and kind; set from the caches just before
+    /// each scrape ([`Metrics::set_cached`]).
+    pub cached_objects: Family<CacheLabels, Gauge>,
     /// Hot-swap candidates refused, by the check that failed.
     pub module_rejected: Family<ReasonLabels, Counter>,
     /// Hot swaps done (a new module became active).
@@ -146,6 +158,12 @@ impl Metrics {
             "Watches that have not delivered their initial list within the sync timeout (see /readyz)",
             watches_overdue.clone(),
         );
+        let cached_objects = Family::<CacheLabels, Gauge>::default();
+        registry.register(
+            "cached_objects",
+            "Objects held in the watch caches, by watch role and kind",
+            cached_objects.clone(),
+        );
         let module_rejected = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "module_rejected",
@@ -184,12 +202,23 @@ impl Metrics {
             module_loaded,
             leader,
             watches_overdue,
+            cached_objects,
             module_rejected,
             module_swaps,
             reconcile_panics,
             module_call_errors,
             write_budget_exceeded,
             active: Mutex::new(None),
+        }
+    }
+
+    /// Sets `wasm_operator_cached_objects` to `counts` (role, kind, objects), dropping
+    /// kinds a hot swap stopped watching.
+    pub fn set_cached(&self, counts: Vec<(&'static str, String, usize)>) {
+        self.cached_objects.clear();
+        for (role, kind, count) in counts {
+            let labels = CacheLabels { role: role.to_owned(), kind };
+            self.cached_objects.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 

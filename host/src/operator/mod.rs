@@ -383,7 +383,12 @@ async fn serve_http(
         let controller = controller.clone();
         Arc::new(move || controller.health(stall_timeout))
     };
-    let router = http::router(HttpState { metrics: metrics.clone(), active: active.clone(), ready, healthy });
+    let refresh = {
+        let (controller, metrics) = (controller.clone(), metrics.clone());
+        Arc::new(move || metrics.set_cached(controller.wiring().watches.caches.counts()))
+    };
+    let router =
+        http::router(HttpState { metrics: metrics.clone(), active: active.clone(), ready, healthy, refresh });
     tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz and /module");
     Ok((local, tokio::spawn(http::serve(listener, router, shutdown))))
 }
