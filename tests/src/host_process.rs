@@ -32,6 +32,10 @@ pub struct HostOptions {
     /// The namespace the replica watches (`--namespace`); its logs go under
     /// `target/e2e/<namespace>/`.
     pub namespace: String,
+    /// Watch every namespace instead (no `--namespace`); `namespace` still names the
+    /// log directory. Give a `--label-selector` then, or the replica reconciles the
+    /// primaries of every other test.
+    pub all_namespaces: bool,
     /// A name for the replica in its log file's name and in messages.
     pub name: String,
     /// The kubeconfig to use (default: the cluster's own, as admin).
@@ -48,6 +52,7 @@ impl HostOptions {
         Self {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+            all_namespaces: false,
             kubeconfig: None,
             args: Vec::new(),
             env: Vec::new(),
@@ -62,6 +67,14 @@ impl HostOptions {
         S: Into<OsString>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Watches every namespace, only primaries matching `label_selector`.
+    #[must_use]
+    pub fn all_namespaces(mut self, label_selector: &str) -> Self {
+        self.all_namespaces = true;
+        self.args.extend(["--label-selector".into(), label_selector.into()]);
         self
     }
 
@@ -104,8 +117,12 @@ impl HostProcess {
         let file = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut command = Command::new(&artifacts.host);
         command
-            .args(["--log-format", "json", "run", "--http-addr", "127.0.0.1:0", "--namespace"])
-            .arg(&options.namespace)
+            .args(["--log-format", "json", "run", "--http-addr", "127.0.0.1:0"])
+            .args(if options.all_namespaces {
+                vec![]
+            } else {
+                vec!["--namespace", options.namespace.as_str()]
+            })
             .arg("--module")
             .arg(&artifacts.module)
             .args(&options.args)

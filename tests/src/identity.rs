@@ -6,8 +6,12 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{AuthInfo, Kubeconfig};
@@ -59,6 +63,90 @@ pub async fn service_account_with_role(
         .await
         .with_context(|| format!("cannot create RoleBinding {name}"))?;
     Ok(format!("system:serviceaccount:{namespace}:{name}"))
+}
+
+/// Grants user `user` `rules` in `namespace`: a Role and a RoleBinding, both `name`.
+pub async fn grant_in_namespace(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    user: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<()> {
+    let meta = || ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() };
+    let params = PostParams::default();
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(&params, &Role { metadata: meta(), rules: Some(rules) })
+        .await
+        .with_context(|| format!("cannot create Role {namespace}/{name}"))?;
+    let binding = RoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: name.to_owned(),
+        },
+        subjects: Some(vec![user_subject(user)]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(&params, &binding)
+        .await
+        .with_context(|| format!("cannot create RoleBinding {namespace}/{name}"))?;
+    Ok(())
+}
+
+/// Grants user `user` `rules` in every namespace: a ClusterRole and a
+/// ClusterRoleBinding, both named after `owner`, the test's namespace, which owns them
+/// so that the garbage collector deletes them with it.
+pub async fn grant_cluster_wide(
+    client: &Client,
+    owner: &str,
+    user: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<()> {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get(owner)
+        .await
+        .with_context(|| format!("cannot read namespace {owner}"))?;
+    let meta = || ObjectMeta {
+        name: Some(format!("e2e-{owner}")),
+        owner_references: Some(vec![OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "Namespace".to_owned(),
+            name: owner.to_owned(),
+            uid: namespace.metadata.uid.clone().unwrap_or_default(),
+            ..OwnerReference::default()
+        }]),
+        ..ObjectMeta::default()
+    };
+    let params = PostParams::default();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&params, &ClusterRole { metadata: meta(), rules: Some(rules), ..ClusterRole::default() })
+        .await
+        .with_context(|| format!("cannot create ClusterRole e2e-{owner}"))?;
+    let binding = ClusterRoleBinding {
+        metadata: meta(),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name: format!("e2e-{owner}"),
+        },
+        subjects: Some(vec![user_subject(user)]),
+    };
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&params, &binding)
+        .await
+        .with_context(|| format!("cannot create ClusterRoleBinding e2e-{owner}"))?;
+    Ok(())
+}
+
+fn user_subject(user: &str) -> Subject {
+    Subject {
+        api_group: Some("rbac.authorization.k8s.io".to_owned()),
+        kind: "User".to_owned(),
+        name: user.to_owned(),
+        ..Subject::default()
+    }
 }
 
 /// Creates ServiceAccount `namespace/name`, with no rights of its own.
