@@ -22,7 +22,8 @@
 //!
 //! A relist (after a watch expired) keeps the cached copy of every object whose
 //! resourceVersion did not change, so it holds one copy of the cache plus the objects
-//! that changed, rather than two copies until it is done.
+//! that changed, rather than two copies until it is done; related kinds are listed in
+//! pages of 50, so that only one page is in flight at a time.
 //!
 //! [`start`] is the one place watches are set up; a hot swap whose manifest changes
 //! the kinds drops the [`Watches`] (aborting its tasks) and calls it again.
@@ -49,6 +50,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::task::JoinHandle;
+
+/// Objects per page when a related watch lists: kube-runtime's default is 500.
+const RELATED_PAGE_SIZE: u32 = 50;
 
 /// How often absent optional kinds are looked for again.
 pub const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(15);
@@ -538,8 +542,10 @@ async fn watch_related(
     id: WatchId,
     stopped: Arc<AtomicBool>,
 ) {
-    // Only labelled objects can ever be associated, so the API server filters.
-    let config = watcher::Config::default().labels(&ctx.owner_label);
+    // Only labelled objects can ever be associated, so the API server filters. Small
+    // pages: a relist holds one page in flight next to the cache (objects of a
+    // related kind can be large: ConfigMaps of up to 1 MiB).
+    let config = watcher::Config::default().labels(&ctx.owner_label).page_size(RELATED_PAGE_SIZE);
     let api: Api<DynamicObject> = match &namespace {
         Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &kind.resource),
         None => api_for(&ctx, &kind.resource),
