@@ -133,6 +133,11 @@ impl ObjectStore {
         self.objects.keys().map(|key| key.namespace.clone()).collect()
     }
 
+    /// Whether some object is in `namespace`.
+    pub fn holds_namespace(&self, namespace: &str) -> bool {
+        self.objects.keys().any(|key| key.namespace == namespace)
+    }
+
     /// The object at `key`.
     pub fn get(&self, key: &ObjectKey) -> Option<Arc<DynamicObject>> {
         self.objects.get(key).cloned()

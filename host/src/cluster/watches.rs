@@ -266,11 +266,6 @@ struct RelatedWatches {
 }
 
 impl RelatedWatches {
-    /// The entry a primary in `namespace` is served by.
-    fn scope_of(&self, namespace: &str) -> Option<String> {
-        self.per_namespace.then(|| namespace.to_owned())
-    }
-
     /// Starts the watches of `scope` unless they run.
     fn ensure(&mut self, ctx: &WatchContext, scope: Option<String>) {
         if self.running.contains_key(&scope) {
@@ -288,26 +283,32 @@ impl RelatedWatches {
         self.kinds.push(kind);
     }
 
-    /// Stops the watches of every namespace not in `keep`, dropping their objects.
-    fn retain(&mut self, ctx: &WatchContext, keep: &BTreeSet<String>) {
+    /// Watches exactly the namespaces in `namespaces` (after the primaries' list):
+    /// starts the missing ones, stops the others.
+    fn follow(&mut self, ctx: &WatchContext, namespaces: &BTreeSet<String>) {
         if !self.per_namespace {
             return;
         }
-        let gone: Vec<Option<String>> = self
-            .running
-            .keys()
-            .filter(|scope| scope.as_ref().is_some_and(|ns| !keep.contains(ns)))
-            .cloned()
-            .collect();
-        for scope in gone {
-            let Some(watches) = self.running.remove(&scope) else { continue };
-            for watch in &watches {
-                watch.stop(&ctx.caches.sync);
-            }
-            let mut related = write(&ctx.caches.related);
-            for store in related.values_mut() {
-                store.replace(scope.as_deref(), Vec::new());
-            }
+        let gone: Vec<String> =
+            self.running.keys().flatten().filter(|ns| !namespaces.contains(*ns)).cloned().collect();
+        for namespace in gone {
+            self.stop_namespace(ctx, &namespace);
+        }
+        for namespace in namespaces {
+            self.ensure(ctx, Some(namespace.clone()));
+        }
+    }
+
+    /// Stops the watches of `namespace`, which holds no primary any more, and drops
+    /// their objects.
+    fn stop_namespace(&mut self, ctx: &WatchContext, namespace: &str) {
+        let Some(watches) = self.running.remove(&Some(namespace.to_owned())) else { return };
+        for watch in &watches {
+            watch.stop(&ctx.caches.sync);
+        }
+        let mut related = write(&ctx.caches.related);
+        for store in related.values_mut() {
+            store.replace(Some(namespace), Vec::new());
         }
     }
 
@@ -351,11 +352,13 @@ struct WatchContext {
 }
 
 impl WatchContext {
-    /// Starts the related watches that a primary in `namespace` needs, if not running.
+    /// Starts the related watches that a primary in `namespace` needs, if not running
+    /// (with `--namespace`, they run from the start).
     fn watch_namespace(&self, namespace: &str) {
         let mut related = lock(&self.related);
-        let scope = related.scope_of(namespace);
-        related.ensure(self, scope);
+        if related.per_namespace {
+            related.ensure(self, Some(namespace.to_owned()));
+        }
     }
 }
 
@@ -493,12 +496,14 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource, id: WatchId) 
             }
             Event::Delete(obj) => {
                 if let Some(key) = ObjectKey::of(&obj) {
-                    let namespaces = {
+                    let emptied = {
                         let mut primaries = write(&ctx.caches.primaries);
                         primaries.delete(&key);
-                        primaries.namespaces()
+                        !primaries.holds_namespace(&key.namespace)
                     };
-                    lock(&ctx.related).retain(&ctx, &namespaces);
+                    if emptied {
+                        lock(&ctx.related).stop_namespace(&ctx, &key.namespace);
+                    }
                     // The reconcile finds it gone and forgets its state.
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
@@ -519,13 +524,7 @@ async fn watch_primaries(ctx: WatchContext, resource: ApiResource, id: WatchId) 
                 };
                 // Before this watch counts as listed, so that no primary is reconciled
                 // before the watches of its namespace are pending.
-                let mut related = lock(&ctx.related);
-                related.retain(&ctx, &namespaces);
-                for namespace in &namespaces {
-                    let scope = related.scope_of(namespace);
-                    related.ensure(&ctx, scope);
-                }
-                drop(related);
+                lock(&ctx.related).follow(&ctx, &namespaces);
                 for key in touched {
                     ctx.queue.enqueue(key, Cause::Primary);
                 }
