@@ -28,6 +28,41 @@ pub fn rule(api_group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
+/// Every verb of a kind the DittoFS module manages.
+const EVERYTHING: [&str; 7] = ["get", "list", "watch", "create", "update", "patch", "delete"];
+
+/// What the DittoFS module needs for its primaries, the Secrets it reads and its
+/// events (`wasm-operator rbac` prints the same).
+pub fn dittofs_primary_rules() -> Vec<PolicyRule> {
+    vec![
+        rule("dittofs.dittofs.com", &["dittoservers"], &["get", "list", "watch", "update", "patch"]),
+        rule("dittofs.dittofs.com", &["dittoservers/status"], &["get", "update", "patch"]),
+        rule("", &["secrets"], &["get", "list", "watch"]),
+        rule("", &["events"], &["create", "update", "patch"]),
+        rule("events.k8s.io", &["events"], &["create", "update", "patch"]),
+    ]
+}
+
+/// What it needs for its related kinds, but the `denied` (resource, verb) pairs.
+pub fn dittofs_related_rules(denied: &[(&str, &str)]) -> Vec<PolicyRule> {
+    let verbs = |resource: &str| -> Vec<&str> {
+        EVERYTHING.into_iter().filter(|verb| !denied.contains(&(resource, *verb))).collect()
+    };
+    vec![
+        rule("", &["configmaps"], &verbs("configmaps")),
+        rule("", &["services"], &verbs("services")),
+        rule("apps", &["statefulsets"], &verbs("statefulsets")),
+        rule("pgv2.percona.com", &["perconapgclusters"], &verbs("perconapgclusters")),
+    ]
+}
+
+/// Everything the DittoFS module needs in one namespace, but the `denied` pairs.
+pub fn dittofs_rules(denied: &[(&str, &str)]) -> Vec<PolicyRule> {
+    let mut rules = dittofs_primary_rules();
+    rules.extend(dittofs_related_rules(denied));
+    rules
+}
+
 /// Creates ServiceAccount `name` in `namespace` and a Role and RoleBinding (both
 /// `name`) granting it `rules` there. Returns the account's user name,
 /// `system:serviceaccount:<namespace>:<name>`.
@@ -37,31 +72,14 @@ pub async fn service_account_with_role(
     name: &str,
     rules: Vec<PolicyRule>,
 ) -> Result<String> {
-    let meta = || ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() };
-    let params = PostParams::default();
     create_service_account(client, namespace, name).await?;
-    Api::<Role>::namespaced(client.clone(), namespace)
-        .create(&params, &Role { metadata: meta(), rules: Some(rules) })
-        .await
-        .with_context(|| format!("cannot create Role {name}"))?;
-    let binding = RoleBinding {
-        metadata: meta(),
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".to_owned()),
-            kind: "Role".to_owned(),
-            name: name.to_owned(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: name.to_owned(),
-            namespace: Some(namespace.to_owned()),
-            ..Subject::default()
-        }]),
+    let subject = Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: name.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        ..Subject::default()
     };
-    Api::<RoleBinding>::namespaced(client.clone(), namespace)
-        .create(&params, &binding)
-        .await
-        .with_context(|| format!("cannot create RoleBinding {name}"))?;
+    bind_role(client, namespace, name, subject, rules).await?;
     Ok(format!("system:serviceaccount:{namespace}:{name}"))
 }
 
@@ -71,6 +89,17 @@ pub async fn grant_in_namespace(
     namespace: &str,
     name: &str,
     user: &str,
+    rules: Vec<PolicyRule>,
+) -> Result<()> {
+    bind_role(client, namespace, name, user_subject(user), rules).await
+}
+
+/// Creates Role `namespace/name` with `rules` and a RoleBinding `name` to `subject`.
+async fn bind_role(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    subject: Subject,
     rules: Vec<PolicyRule>,
 ) -> Result<()> {
     let meta = || ObjectMeta { name: Some(name.to_owned()), ..ObjectMeta::default() };
@@ -86,7 +115,7 @@ pub async fn grant_in_namespace(
             kind: "Role".to_owned(),
             name: name.to_owned(),
         },
-        subjects: Some(vec![user_subject(user)]),
+        subjects: Some(vec![subject]),
     };
     Api::<RoleBinding>::namespaced(client.clone(), namespace)
         .create(&params, &binding)

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, ensure};
 use e2e::dittofs::{
     FINALIZER, OWNER_LABEL, condition_state, controlled_by, dittoservers, names, phase, references,
 };
-use e2e::identity::{rule, service_account_with_role, write_impersonating_kubeconfig};
+use e2e::identity::{dittofs_rules, service_account_with_role, write_impersonating_kubeconfig};
 use e2e::operator::artifact_dir;
 use e2e::record::Recording;
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
@@ -307,24 +307,8 @@ async fn a_server_in_a_namespace_being_deleted_goes_without_waiting_for_the_time
 #[tokio::test]
 async fn cleanup_that_keeps_failing_gives_up_after_60_seconds() -> Result<()> {
     let mut s = Scenario::new("cleanup-timeout").await?;
-    let everything = ["get", "list", "watch", "create", "update", "patch", "delete"];
-    let no_delete = ["get", "list", "watch", "create", "update", "patch"];
-    let user = service_account_with_role(
-        &s.client,
-        s.ns(),
-        "operator-without-delete",
-        vec![
-            rule("dittofs.dittofs.com", &["dittoservers"], &["get", "list", "watch", "update", "patch"]),
-            rule("dittofs.dittofs.com", &["dittoservers/status"], &["get", "update", "patch"]),
-            rule("", &["configmaps", "services"], &everything),
-            rule("apps", &["statefulsets"], &everything),
-            rule("", &["secrets"], &["get", "list", "watch"]),
-            rule("", &["events"], &["create", "update", "patch"]),
-            rule("events.k8s.io", &["events"], &["create", "update", "patch"]),
-            rule("pgv2.percona.com", &["perconapgclusters"], &no_delete),
-        ],
-    )
-    .await?;
+    let rules = dittofs_rules(&[("perconapgclusters", "delete")]);
+    let user = service_account_with_role(&s.client, s.ns(), "operator-without-delete", rules).await?;
     let kubeconfig = artifact_dir(s.ns())?.join("operator-without-delete.kubeconfig");
     write_impersonating_kubeconfig(s.cluster(), &user, &kubeconfig)?;
     s.start_operator(Some(&kubeconfig)).await?;

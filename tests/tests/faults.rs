@@ -12,44 +12,14 @@
 use anyhow::{Context as _, Result, ensure};
 use e2e::host_process::{HostOptions, HostProcess};
 use e2e::identity::{
-    grant_cluster_wide, grant_in_namespace, rule, service_account_with_role, write_impersonating_kubeconfig,
+    dittofs_primary_rules, dittofs_related_rules, dittofs_rules, grant_cluster_wide, grant_in_namespace,
+    service_account_with_role, write_impersonating_kubeconfig,
 };
 use e2e::namespace::TestNamespace;
 use e2e::operator::artifact_dir;
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
-use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
-
-const EVERYTHING: [&str; 7] = ["get", "list", "watch", "create", "update", "patch", "delete"];
-
-/// What the DittoFS module needs for its related kinds in a namespace, but listing
-/// and watching the `unlisted` resources.
-fn related_rules(unlisted: &[&str]) -> Vec<PolicyRule> {
-    let verbs = |resource: &str| -> Vec<&str> {
-        EVERYTHING
-            .into_iter()
-            .filter(|v| !unlisted.contains(&resource) || !matches!(*v, "list" | "watch"))
-            .collect()
-    };
-    vec![
-        rule("", &["configmaps"], &verbs("configmaps")),
-        rule("", &["services"], &verbs("services")),
-        rule("apps", &["statefulsets"], &verbs("statefulsets")),
-        rule("pgv2.percona.com", &["perconapgclusters"], &verbs("perconapgclusters")),
-    ]
-}
-
-/// What it needs for its primaries, the Secrets it reads and its events.
-fn primary_rules() -> Vec<PolicyRule> {
-    vec![
-        rule("dittofs.dittofs.com", &["dittoservers"], &["get", "list", "watch", "update", "patch"]),
-        rule("dittofs.dittofs.com", &["dittoservers/status"], &["get", "update", "patch"]),
-        rule("", &["secrets"], &["get", "list", "watch"]),
-        rule("", &["events"], &["create", "update", "patch"]),
-        rule("events.k8s.io", &["events"], &["create", "update", "patch"]),
-    ]
-}
 
 /// A DittoServer `name` with `labels`, as a user creates it.
 fn server(name: &str, labels: Value) -> Result<kube::api::DynamicObject> {
@@ -64,8 +34,7 @@ fn server(name: &str, labels: Value) -> Result<kube::api::DynamicObject> {
 async fn a_watch_that_never_lists_is_named_by_readyz_and_logged_with_what_to_do() -> Result<()> {
     let s = Scenario::new("never-lists").await?;
     // All the DittoFS module needs, but listing and watching StatefulSets.
-    let mut rules = primary_rules();
-    rules.extend(related_rules(&["statefulsets"]));
+    let rules = dittofs_rules(&[("statefulsets", "list"), ("statefulsets", "watch")]);
     let user =
         service_account_with_role(&s.client, s.ns(), "operator-without-statefulset-list", rules).await?;
     let kubeconfig = artifact_dir(s.ns())?.join("operator-without-statefulset-list.kubeconfig");
@@ -106,10 +75,10 @@ async fn a_namespace_whose_watch_cannot_list_holds_up_only_its_own_primaries() -
     let s = Scenario::new("gated").await?;
     let blocked = TestNamespace::create(s.cluster(), "gated-blocked").await?;
     let user = format!("e2e-operator-{}", s.ns());
-    grant_cluster_wide(&s.client, s.ns(), &user, primary_rules()).await?;
-    grant_in_namespace(&s.client, s.ns(), "operator", &user, related_rules(&[])).await?;
-    grant_in_namespace(&s.client, blocked.name(), "operator", &user, related_rules(&["statefulsets"]))
-        .await?;
+    grant_cluster_wide(&s.client, s.ns(), &user, dittofs_primary_rules()).await?;
+    grant_in_namespace(&s.client, s.ns(), "operator", &user, dittofs_related_rules(&[])).await?;
+    let unlisted = dittofs_related_rules(&[("statefulsets", "list"), ("statefulsets", "watch")]);
+    grant_in_namespace(&s.client, blocked.name(), "operator", &user, unlisted).await?;
     let kubeconfig = artifact_dir(s.ns())?.join("operator.kubeconfig");
     write_impersonating_kubeconfig(s.cluster(), &user, &kubeconfig)?;
     // Every namespace, only this test's primaries.
@@ -159,8 +128,7 @@ async fn an_optional_kind_that_never_lists_does_not_hold_up_deletions() -> Resul
     admin.terminate()?;
 
     // Then one that may not list PerconaPGClusters, an optional kind of the module.
-    let mut rules = primary_rules();
-    rules.extend(related_rules(&["perconapgclusters"]));
+    let rules = dittofs_rules(&[("perconapgclusters", "list"), ("perconapgclusters", "watch")]);
     let user = service_account_with_role(&s.client, s.ns(), "operator-without-percona-list", rules).await?;
     let kubeconfig = artifact_dir(s.ns())?.join("operator-without-percona-list.kubeconfig");
     write_impersonating_kubeconfig(s.cluster(), &user, &kubeconfig)?;

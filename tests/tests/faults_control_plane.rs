@@ -31,7 +31,7 @@ use anyhow::{Context as _, Result, ensure};
 use e2e::converge::{Percona, Servers};
 use e2e::dittofs::{FINALIZER, OWNER_LABEL, dittoservers, percona_clusters, references};
 use e2e::host_process::{HostOptions, HostProcess};
-use e2e::identity::{rule, service_account_with_role};
+use e2e::identity::{dittofs_rules, rule, service_account_with_role};
 use e2e::operator::artifact_dir;
 use e2e::private_cluster::{Component, PrivateCluster};
 use e2e::{DEFAULT_TIMEOUT, Metrics, apply, wait_until};
@@ -77,18 +77,9 @@ async fn create_namespace(client: &Client, name: &str) -> Result<()> {
 
 /// What the DittoFS module needs (`wasm-operator rbac`), and the Lease.
 fn operator_rules() -> Vec<PolicyRule> {
-    let everything = ["get", "list", "watch", "create", "update", "patch", "delete"];
-    vec![
-        rule("dittofs.dittofs.com", &["dittoservers"], &["get", "list", "watch", "update", "patch"]),
-        rule("dittofs.dittofs.com", &["dittoservers/status"], &["get", "update", "patch"]),
-        rule("", &["configmaps", "services"], &everything),
-        rule("apps", &["statefulsets"], &everything),
-        rule("", &["secrets"], &["get", "list", "watch"]),
-        rule("", &["events"], &["create", "update", "patch"]),
-        rule("events.k8s.io", &["events"], &["create", "update", "patch"]),
-        rule("pgv2.percona.com", &["perconapgclusters"], &everything),
-        rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]),
-    ]
+    let mut rules = dittofs_rules(&[]);
+    rules.push(rule("coordination.k8s.io", &["leases"], &["get", "create", "update"]));
+    rules
 }
 
 /// A replica competing for [`LEASE`] in `namespace`, as `kubeconfig`'s user.
