@@ -23,6 +23,7 @@ pub mod deploy;
 pub mod dittofs;
 pub mod host_process;
 pub mod identity;
+pub mod measure;
 pub mod namespace;
 pub mod objects;
 pub mod operator;

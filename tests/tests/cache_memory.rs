@@ -9,6 +9,7 @@
 
 use anyhow::{Context as _, Result, ensure};
 use e2e::host_process::{HostOptions, HostProcess};
+use e2e::measure;
 use e2e::namespace::TestNamespace;
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -25,13 +26,6 @@ const ALLOWED_GROWTH_KIB: u64 = 40 * 1024;
 
 /// The DittoFS module's owner label.
 const OWNER_LABEL: &str = "dittofs.dittofs.com/server";
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc status")?;
-    let kib = line.split_whitespace().nth(1).context("an empty VmRSS line")?;
-    Ok(kib.parse()?)
-}
 
 #[tokio::test]
 async fn labelled_config_maps_in_namespaces_without_primaries_are_never_cached() -> Result<()> {
@@ -52,7 +46,7 @@ async fn labelled_config_maps_in_namespaces_without_primaries_are_never_cached()
     s.wait_statefulset("cached").await?;
     s.mark_statefulset_ready("cached").await?;
     s.wait_phase("cached", "Running").await?;
-    let before = rss_kib(host.pid())?;
+    let before = measure::rss(host.pid())?.current_kib;
 
     // 1,000 ConfigMaps of 100 KiB, labelled as the module's, where no primary is.
     let mut foreign = Vec::new();
@@ -97,7 +91,7 @@ async fn labelled_config_maps_in_namespaces_without_primaries_are_never_cached()
     .await?;
     let metrics = host.metrics().await?;
     let cached = metrics.sum("wasm_operator_cached_objects", &[("role", "related"), ("kind", "ConfigMap")]);
-    let after = rss_kib(host.pid())?;
+    let after = measure::rss(host.pid())?.current_kib;
     eprintln!(
         "host RSS {before} KiB before, {after} KiB after {} foreign ConfigMaps of {} KiB; {cached} ConfigMaps cached",
         FOREIGN_NAMESPACES * CONFIG_MAPS_PER_NAMESPACE,

@@ -32,6 +32,7 @@ use e2e::converge::{Percona, Servers};
 use e2e::dittofs::{FINALIZER, OWNER_LABEL, dittoservers, percona_clusters, references};
 use e2e::host_process::{HostOptions, HostProcess};
 use e2e::identity::{dittofs_rules, rule, service_account_with_role};
+use e2e::measure;
 use e2e::operator::artifact_dir;
 use e2e::private_cluster::{Component, PrivateCluster};
 use e2e::{DEFAULT_TIMEOUT, Metrics, apply, wait_until};
@@ -970,12 +971,6 @@ async fn a_leader_stopped_mid_batch_renews_until_its_last_write_and_never_overla
 /// whole list in flight at once, its response body and its decoded objects.
 const RELIST_PEAK_BOUND_PERCENT: u64 = 150;
 
-fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("no {field}"))?;
-    Ok(line.split_whitespace().nth(1).context("an empty line")?.parse()?)
-}
-
 #[tokio::test]
 async fn a_relist_holds_one_copy_of_the_cache_and_a_page_in_flight() -> Result<()> {
     const CONFIG_MAPS: usize = 300;
@@ -1001,9 +996,8 @@ async fn a_relist_holds_one_copy_of_the_cache_and_a_page_in_flight() -> Result<(
     let host = cluster.spawn_host(HostOptions::new(&ns, "operator")).await?;
     host.wait_ready().await?;
     wait_cached(&host, CONFIG_MAPS + 1).await?;
-    let steady = proc_status_kib(host.pid(), "VmRSS:")?;
-    // Resets VmHWM (the peak) to the current RSS (proc(5), clear_refs).
-    std::fs::write(format!("/proc/{}/clear_refs", host.pid()), "5").context("cannot reset the peak RSS")?;
+    let steady = measure::rss(host.pid())?.current_kib;
+    measure::reset_peak_rss(host.pid())?;
 
     // Writes the ConfigMap watch does not see (no owner label): its resourceVersion
     // falls behind the revision compacted below, so resuming it fails with 410.
@@ -1029,7 +1023,7 @@ async fn a_relist_holds_one_copy_of_the_cache_and_a_page_in_flight() -> Result<(
         }),
         "the ConfigMap watch did not have to relist"
     );
-    let peak = proc_status_kib(host.pid(), "VmHWM:")?;
+    let peak = measure::rss(host.pid())?.peak_kib;
     let data_kib = (CONFIG_MAPS * BYTES / 1024) as u64;
     eprintln!(
         "relist of {CONFIG_MAPS} ConfigMaps ({data_kib} KiB of data): steady RSS {steady} KiB, peak {peak} KiB ({:.2}x; +{:.2}x the data)",
