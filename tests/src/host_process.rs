@@ -107,6 +107,15 @@ impl HostProcess {
     /// Starts a replica and waits until it serves HTTP (not until it is ready: see
     /// [`HostProcess::wait_ready`]).
     pub async fn spawn(cluster: &Cluster, options: HostOptions) -> Result<Self> {
+        Self::spawn_with_default_kubeconfig(options, cluster.kubeconfig()).await
+    }
+
+    /// Starts a replica like [`HostProcess::spawn`], with `default_kubeconfig` where
+    /// `options` name none (`None`: the host's own default, `KUBECONFIG` as inherited).
+    pub async fn spawn_with_default_kubeconfig(
+        options: HostOptions,
+        default_kubeconfig: Option<&Path>,
+    ) -> Result<Self> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let artifacts = artifacts().await?;
         let log = artifact_dir(&options.namespace)?.join(format!(
@@ -135,7 +144,7 @@ impl HostProcess {
         for (key, value) in &options.env {
             command.env(key, value);
         }
-        if let Some(path) = options.kubeconfig.as_deref().or(cluster.kubeconfig()) {
+        if let Some(path) = options.kubeconfig.as_deref().or(default_kubeconfig) {
             command.env("KUBECONFIG", path);
         }
         let child = command.spawn().with_context(|| format!("cannot start {}", artifacts.host.display()))?;

@@ -178,6 +178,11 @@ impl PrivateCluster {
         Ok((exe.as_deref() == Some(binary.as_path())).then_some(pid))
     }
 
+    /// The pid of `component`, which must be running.
+    pub fn pid(&self, component: Component) -> Result<u32> {
+        self.running_pid(component)?.ok_or_else(|| anyhow!("{} is not running", component.name()))
+    }
+
     /// Sends SIGKILL to `component` (a crash: nothing is flushed or handed over) and
     /// waits until the process is gone.
     pub async fn kill(&self, component: Component) -> Result<()> {
@@ -284,16 +289,8 @@ impl PrivateCluster {
 
     /// Starts a host replica against this control plane: `options` with this
     /// control plane's admin kubeconfig unless they name another.
-    ///
-    /// [`HostProcess::spawn`] takes the shared cluster only for its default kubeconfig,
-    /// which is never used here; the shared cluster is started (or found running) for
-    /// that handle.
-    pub async fn spawn_host(&self, mut options: HostOptions) -> Result<HostProcess> {
-        if options.kubeconfig.is_none() {
-            options.kubeconfig = Some(self.kubeconfig());
-        }
-        let shared = crate::cluster().await?;
-        HostProcess::spawn(shared, options).await
+    pub async fn spawn_host(&self, options: HostOptions) -> Result<HostProcess> {
+        HostProcess::spawn_with_default_kubeconfig(options, Some(&self.kubeconfig())).await
     }
 }
 
