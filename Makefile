@@ -46,5 +46,6 @@ test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime
 # Each part of the project keeps its targets beside its code.
 -include guest/guest.mk
 -include host/host.mk
+-include tests/tests.mk
 -include tests/cluster/cluster.mk
 -include deploy/deploy.mk
