@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, anyhow};
 use crate::operator::Metrics;
+use anyhow::{Context as _, Result, anyhow};
 
 /// The verbs of `apiserver_request_total` that write.
 const MUTATING_VERBS: [&str; 6] = ["POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"];

@@ -31,9 +31,16 @@ pub struct Desired {
 pub fn desired(server: &DynamicObject) -> Result<Desired> {
     let object = serde_json::to_value(server)?;
     // The module's clock: any RFC 3339 time does; the server's creation is one.
-    let now = object.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let snapshot =
-        Snapshot { abi: ABI_VERSION, now, object, related: Vec::new(), required: Vec::new(), last_failure: None };
+    let now =
+        object.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let snapshot = Snapshot {
+        abi: ABI_VERSION,
+        now,
+        object,
+        related: Vec::new(),
+        required: Vec::new(),
+        last_failure: None,
+    };
     let actions = match dittofs_reconciler::reconcile(snapshot) {
         Outcome::Actions { actions, .. } => actions,
         Outcome::Error(err) => bail!("the module failed on {}: {}", server.name_any(), err.message),
@@ -60,7 +67,11 @@ pub struct Bare {
 impl Bare {
     /// A client writing `concurrency` servers at a time.
     pub fn new(concurrency: usize) -> Self {
-        Self { concurrency, field_manager: dittofs_reconciler::manifest().field_manager, applied: HashMap::new() }
+        Self {
+            concurrency,
+            field_manager: dittofs_reconciler::manifest().field_manager,
+            applied: HashMap::new(),
+        }
     }
 
     /// Converges every server: finalizer, objects, status.
@@ -71,7 +82,8 @@ impl Bare {
             .map(|server| {
                 let servers = servers.clone();
                 async move {
-                    let server = set_finalizers(&servers, &server, &[dittofs_reconciler::names::FINALIZER]).await?;
+                    let server =
+                        set_finalizers(&servers, &server, &[dittofs_reconciler::names::FINALIZER]).await?;
                     let desired = desired(&server)?;
                     this.write(fleet, &server, &desired, None).await?;
                     Ok::<_, anyhow::Error>((server.name_any(), desired))
@@ -138,7 +150,11 @@ impl Bare {
         if let Some(status) = &desired.status {
             fleet
                 .servers()
-                .patch_status(&server.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+                .patch_status(
+                    &server.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
                 .await?;
         }
         Ok(())
@@ -147,7 +163,11 @@ impl Bare {
 
 /// Sets the server's finalizers to `finalizers` with the host's guarded JSON patch
 /// (tests of the uid and of the current list).
-async fn set_finalizers(api: &Api<DynamicObject>, server: &DynamicObject, finalizers: &[&str]) -> Result<DynamicObject> {
+async fn set_finalizers(
+    api: &Api<DynamicObject>,
+    server: &DynamicObject,
+    finalizers: &[&str],
+) -> Result<DynamicObject> {
     let patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "test", "path": "/metadata/uid", "value": server.uid()},
         {"op": "test", "path": "/metadata/finalizers", "value": server.metadata.finalizers},

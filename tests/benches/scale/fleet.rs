@@ -36,8 +36,12 @@ impl Fleet {
         let started = Instant::now();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let object: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))?;
-        namespaces.create(&PostParams::default(), &object).await.with_context(|| format!("cannot create namespace {namespace}"))?;
-        let mut fleet = Self { client: client.clone(), namespace: namespace.to_owned(), servers: HashMap::new() };
+        namespaces
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("cannot create namespace {namespace}"))?;
+        let mut fleet =
+            Self { client: client.clone(), namespace: namespace.to_owned(), servers: HashMap::new() };
         let api = fleet.servers();
         let created: Vec<DynamicObject> = stream::iter(0..n)
             .map(|i| {
@@ -132,7 +136,9 @@ impl Fleet {
             .delete_collection(&DeleteParams::background(), &ListParams::default())
             .await
             .context("cannot delete the DittoServers")?;
-        let Some(list) = deleted.left() else { bail!("deleting the DittoServers returned a status, not the objects") };
+        let Some(list) = deleted.left() else {
+            bail!("deleting the DittoServers returned a status, not the objects")
+        };
         for server in &list.items {
             self.servers.insert(server.name_any(), server.clone());
         }

@@ -76,7 +76,9 @@ fn sizes() -> Result<Vec<usize>> {
         .split(',')
         .map(|n| n.trim().parse::<usize>().ok().filter(|n| *n > 0))
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| anyhow!("N={text:?}: give a positive number of DittoServers, or a comma list of them"))?;
+        .ok_or_else(|| {
+            anyhow!("N={text:?}: give a positive number of DittoServers, or a comma list of them")
+        })?;
     Ok(sizes)
 }
 
@@ -85,12 +87,22 @@ async fn concurrency() -> Result<usize> {
     if let Ok(text) = std::env::var("CONCURRENCY")
         && !text.is_empty()
     {
-        return text.parse().ok().filter(|c| *c > 0).ok_or_else(|| anyhow!("CONCURRENCY={text:?}: give a positive number"));
+        return text
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| anyhow!("CONCURRENCY={text:?}: give a positive number"));
     }
     let host = &artifacts().await?.host;
-    let help = std::process::Command::new(host).args(["run", "--help"]).output().context("cannot run the host's --help")?;
+    let help = std::process::Command::new(host)
+        .args(["run", "--help"])
+        .output()
+        .context("cannot run the host's --help")?;
     let help = String::from_utf8_lossy(&help.stdout);
-    let after = help.split("--concurrency").nth(1).ok_or_else(|| anyhow!("the host's run --help has no --concurrency"))?;
+    let after = help
+        .split("--concurrency")
+        .nth(1)
+        .ok_or_else(|| anyhow!("the host's run --help has no --concurrency"))?;
     let default = after
         .split("[default: ")
         .nth(1)
@@ -134,11 +146,16 @@ async fn gc_warm_up(client: &Client) -> Result<()> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), fleet.namespace());
     config_maps.create(&PostParams::default(), &owned).await.context("cannot create the owned ConfigMap")?;
     fleet.servers().delete(&server.name_any(), &DeleteParams::background()).await?;
-    e2e::wait_until("the garbage collector to delete a DittoServer's ConfigMap", Duration::from_secs(120), || async {
-        Ok(config_maps.get_opt("owned").await?.is_none().then_some(()))
-    })
+    e2e::wait_until(
+        "the garbage collector to delete a DittoServer's ConfigMap",
+        Duration::from_secs(120),
+        || async { Ok(config_maps.get_opt("owned").await?.is_none().then_some(())) },
+    )
     .await?;
-    eprintln!("  the garbage collector follows DittoServers (after {:.1} s)", started.elapsed().as_secs_f64());
+    eprintln!(
+        "  the garbage collector follows DittoServers (after {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

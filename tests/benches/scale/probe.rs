@@ -47,10 +47,8 @@ impl Probe {
         if let Some(pid) = host {
             reset_peak_rss(pid)?;
         }
-        let cpu = processes
-            .iter()
-            .map(|p| Ok((p.clone(), cpu_seconds(p.pid)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let cpu =
+            processes.iter().map(|p| Ok((p.clone(), cpu_seconds(p.pid)?))).collect::<Result<Vec<_>>>()?;
         Ok(Self { started: Instant::now(), requests, cpu, host })
     }
 
@@ -83,4 +81,3 @@ impl Probe {
         })
     }
 }
-

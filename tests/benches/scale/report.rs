@@ -86,7 +86,10 @@ fn or_dash(value: Option<String>) -> String {
 pub fn print(run: &Run) {
     let n = run.n as f64;
     println!();
-    println!("scale: {} DittoServers, concurrency {} (operator against the bare client)", run.n, run.concurrency);
+    println!(
+        "scale: {} DittoServers, concurrency {} (operator against the bare client)",
+        run.n, run.concurrency
+    );
     println!(
         "{:<16} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>7}",
         "phase",
@@ -163,7 +166,11 @@ pub fn print(run: &Run) {
             format!("{finalize:.2} s, {}", or_dash(run.ratio("finalize").map(|r| format!("{r:.2}x")))),
         ),
         ("touch = 0 writes".to_owned(), touch_writes == 0.0, format!("{touch_writes:.0}")),
-        ("host RSS <= 80 MB".to_owned(), run.peak_rss_mib() * 1.048_576 <= 80.0, format!("{:.1} MiB", run.peak_rss_mib())),
+        (
+            "host RSS <= 80 MB".to_owned(),
+            run.peak_rss_mib() * 1.048_576 <= 80.0,
+            format!("{:.1} MiB", run.peak_rss_mib()),
+        ),
         (
             "host CPU <= 5 ms per converged server".to_owned(),
             run.converge_cpu_ms_per_server() <= 5.0,
