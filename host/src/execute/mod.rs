@@ -25,10 +25,10 @@ use crate::cluster::{KindKey, KindLookup, KindRegistry, PrimaryTarget};
 use crate::observe::Metrics;
 use crate::policy::Rejection;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::discovery::ApiResource;
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder, Reporter};
+use kube::{Client, Resource as _};
 use reconcile_sdk::{Action, EventType, Manifest, PropagationPolicy};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -204,15 +204,17 @@ impl Executor {
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
             metadata.insert("namespace".into(), Value::String(primary.key.namespace.clone()));
         }
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &primary.key.namespace, &resource);
         let params = PatchParams::apply(&manifest.field_manager).force();
+        let api_error = |source| ActionError::Api { op, target: format!("{} {name:?}", kind.kind), source };
+        // The answer (the whole object, managed fields and all) is read as text and
+        // not parsed: nothing uses it, and the watch brings the object anyway.
+        let url = DynamicObject::url_path(&resource, Some(&primary.key.namespace));
+        let mut request = kube::core::Request::new(url)
+            .patch(name, &params, &Patch::Apply(&object))
+            .map_err(|e| api_error(kube::Error::BuildRequest(e)))?;
+        request.extensions_mut().insert("patch");
         self.metrics.write(op);
-        api.patch(name, &params, &Patch::Apply(&object)).await.map_err(|source| ActionError::Api {
-            op,
-            target: format!("{} {name:?}", kind.kind),
-            source,
-        })?;
+        self.client.request_text(request).await.map_err(api_error)?;
         Ok(())
     }
 
@@ -280,6 +282,9 @@ impl Executor {
     }
 
     /// Reads `kind`/`name` fresh and checks it is still associated with the primary.
+    /// Reads only the metadata: association is decided by labels, owner references
+    /// and managed fields, and a whole object (a StatefulSet's pod template) would be
+    /// parsed for nothing.
     async fn fresh_associated(
         &self,
         op: &'static str,
@@ -292,11 +297,15 @@ impl Executor {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), &primary.key.namespace, &resource);
         let target = || format!("{} {name:?}", kind.kind);
-        let Some(obj) =
-            api.get_opt(name).await.map_err(|source| ActionError::Api { op, target: target(), source })?
+        let Some(found) = api.get_metadata_opt(name).await.map_err(|source| ActionError::Api {
+            op,
+            target: target(),
+            source,
+        })?
         else {
             return Ok(None);
         };
+        let obj = DynamicObject { types: found.types, metadata: found.metadata, data: Value::Null };
         let owner = Owner {
             label: &manifest.owner_label,
             field_manager: &manifest.field_manager,
