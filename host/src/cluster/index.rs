@@ -11,7 +11,7 @@
 //! Everything here is pure and synchronous; the watch tasks own the locking.
 
 use kube::api::DynamicObject;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// A namespaced object's identity within one kind.
@@ -85,9 +85,12 @@ impl std::fmt::Display for KindKey {
 }
 
 /// The objects of one kind, by namespace and name.
+///
+/// Ordered by namespace first, so that whether a namespace holds an object (asked on
+/// every primary's deletion) is one lookup, not a scan of every object.
 #[derive(Debug, Default)]
 pub struct ObjectStore {
-    objects: HashMap<ObjectKey, Arc<DynamicObject>>,
+    objects: BTreeMap<ObjectKey, Arc<DynamicObject>>,
 }
 
 impl ObjectStore {
@@ -135,7 +138,8 @@ impl ObjectStore {
 
     /// Whether some object is in `namespace`.
     pub fn holds_namespace(&self, namespace: &str) -> bool {
-        self.objects.keys().any(|key| key.namespace == namespace)
+        let first = ObjectKey::new(namespace.to_owned(), String::new());
+        self.objects.range(first..).next().is_some_and(|(key, _)| key.namespace == namespace)
     }
 
     /// The object at `key`.
@@ -392,6 +396,21 @@ mod tests {
 
     fn names(objs: &[Arc<DynamicObject>]) -> Vec<String> {
         objs.iter().filter_map(|o| o.metadata.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_namespace_holds_objects_only_of_its_own_name() {
+        let mut store = ObjectStore::default();
+        store.apply(obj("ab", "x", None, None));
+        // Neighbours in the order: "a" < "ab" < "b".
+        assert!(!store.holds_namespace("a"));
+        assert!(store.holds_namespace("ab"));
+        assert!(!store.holds_namespace("b"));
+        store.apply(obj("b", "y", None, None));
+        assert!(store.holds_namespace("b"));
+        store.delete(&ObjectKey::new("ab", "x"));
+        assert!(!store.holds_namespace("ab"));
+        assert_eq!(store.namespaces(), BTreeSet::from(["b".to_owned()]));
     }
 
     #[test]
