@@ -159,8 +159,8 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        assert!(cpu_seconds(pid).unwrap() >= 0.0);
-        let rss = rss(pid).unwrap();
+        assert!(cpu_seconds(pid).expect("this process's CPU") >= 0.0);
+        let rss = rss(pid).expect("this process's RSS");
         assert!(rss.current_kib > 0 && rss.peak_kib >= rss.current_kib);
     }
 }

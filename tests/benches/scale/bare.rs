@@ -76,33 +76,30 @@ impl Bare {
 
     /// Converges every server: finalizer, objects, status.
     pub async fn converge(&mut self, fleet: &Fleet) -> Result<()> {
-        let servers = fleet.servers();
-        let this = &*self;
-        let done: Vec<(String, Desired)> = stream::iter(fleet.objects().cloned())
-            .map(|server| {
-                let servers = servers.clone();
-                async move {
-                    let server =
-                        set_finalizers(&servers, &server, &[dittofs_reconciler::names::FINALIZER]).await?;
-                    let desired = desired(&server)?;
-                    this.write(fleet, &server, &desired, None).await?;
-                    Ok::<_, anyhow::Error>((server.name_any(), desired))
-                }
-            })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
-        self.applied.extend(done);
-        Ok(())
+        let servers: Vec<DynamicObject> = fleet.objects().cloned().collect();
+        self.bring(fleet, &servers, true).await
     }
 
     /// Brings every server to its changed spec (`servers`, as patched): applies only
     /// the objects that differ from what was applied, and the status.
     pub async fn roll(&mut self, fleet: &Fleet, servers: &[DynamicObject]) -> Result<()> {
+        self.bring(fleet, servers, false).await
+    }
+
+    /// For each server, `concurrency` at a time: the finalizer first if
+    /// `add_finalizer`, then what the module would write for it now.
+    async fn bring(&mut self, fleet: &Fleet, servers: &[DynamicObject], add_finalizer: bool) -> Result<()> {
+        let api = fleet.servers();
         let this = &*self;
         let done: Vec<(String, Desired)> = stream::iter(servers.iter().cloned())
-            .map(|server| async move {
-                {
+            .map(|server| {
+                let api = api.clone();
+                async move {
+                    let server = if add_finalizer {
+                        set_finalizers(&api, &server, &[dittofs_reconciler::names::FINALIZER]).await?
+                    } else {
+                        server
+                    };
                     let previous = this.applied.get(&server.name_any());
                     let desired = desired(&server)?;
                     this.write(fleet, &server, &desired, previous).await?;
