@@ -186,8 +186,7 @@ impl PrivateCluster {
     /// Sends SIGKILL to `component` (a crash: nothing is flushed or handed over) and
     /// waits until the process is gone.
     pub async fn kill(&self, component: Component) -> Result<()> {
-        let pid =
-            self.running_pid(component)?.ok_or_else(|| anyhow!("{} is not running", component.name()))?;
+        let pid = self.pid(component)?;
         let status = tokio::process::Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status()

@@ -48,7 +48,7 @@ use serde_json::Value;
 
 use crate::bare::Bare;
 use crate::fleet::Fleet;
-use crate::probe::{Cost, Probe};
+use crate::probe::Probe;
 use crate::report::{Phase, Run};
 use crate::tally::Tally;
 
@@ -360,47 +360,45 @@ async fn operator_run(
     probe.add_new_process(Process { name: "host", pid: host.pid() });
     let reached = goal.wait(n, timeout).await?;
     quiet(&host).await?;
-    let before = host.metrics().await?;
     let cost = probe.finish(reached, &requests(cluster, client).await?)?;
-    let reconciles = before.sum("wasm_operator_reconciles_total", &[]);
-    phases.push(Phase::new("converge", cost, 0.0).host(before.writes(), reconciles));
+    // A new process: everything it counted is this phase's.
+    phases.push(with_host(Phase::new("converge", cost, 0.0), &host, (0.0, 0.0)).await?);
     drop(goal);
     let processes = processes_with_host(control_plane, &host);
 
     // Touch: every server reconciled once more, no write.
-    let (writes, reconciles) = activity(&host).await?;
+    let before = activity(&host).await?;
     let probe = Probe::start(requests(cluster, client).await?, &processes, Some(host.pid()))?;
     fleet.touch().await?;
-    let reached = wait_reconciles(&host, reconciles + n as f64, timeout).await?;
+    let reached = wait_reconciles(&host, before.1 + n as f64, timeout).await?;
     quiet(&host).await?;
     let cost = probe.finish(reached, &requests(cluster, client).await?)?;
-    phases.push(host_phase("touch", cost, n as f64, &host, writes, reconciles).await?);
+    phases.push(with_host(Phase::new("touch", cost, n as f64), &host, before).await?);
 
     // Spec change: every StatefulSet rolled to a new config hash, every status observed.
     let mut goal = Rolled::watch(client, &fleet).await?;
-    let (writes, reconciles) = activity(&host).await?;
+    let before = activity(&host).await?;
     let probe = Probe::start(requests(cluster, client).await?, &processes, Some(host.pid()))?;
     fleet.change_spec().await?;
     let reached = goal.wait(n, timeout).await?;
     quiet(&host).await?;
     let cost = probe.finish(reached, &requests(cluster, client).await?)?;
-    phases.push(host_phase("spec change", cost, n as f64, &host, writes, reconciles).await?);
+    phases.push(with_host(Phase::new("spec change", cost, n as f64), &host, before).await?);
     drop(goal);
 
     // Finalize: from the delete until every server is gone; then the garbage collector.
     let mut goal = Gone::watch(&fleet).await?;
-    let (writes, reconciles) = activity(&host).await?;
+    let before = activity(&host).await?;
     let probe = Probe::start(requests(cluster, client).await?, &processes, Some(host.pid()))?;
     let deleted_at = probe.started();
     fleet.delete_all().await?;
     let reached = goal.wait_servers(timeout).await?;
     quiet(&host).await?;
     let cost = probe.finish(reached, &requests(cluster, client).await?)?;
-    phases.push(host_phase("finalize", cost, 1.0, &host, writes, reconciles).await?);
-    let (writes, reconciles) = activity(&host).await?;
+    phases.push(with_host(Phase::new("finalize", cost, 1.0), &host, before).await?);
+    let before = activity(&host).await?;
     let gc = gc_phase(cluster, client, &processes, &mut goal, deleted_at, Some(&host), n).await?;
-    let (writes_after, reconciles_after) = activity(&host).await?;
-    phases.push(gc.host(writes_after - writes, reconciles_after - reconciles));
+    phases.push(with_host(gc, &host, before).await?);
     host.terminate()?;
     Ok(phases)
 }
@@ -411,16 +409,10 @@ fn processes_with_host(control_plane: &[Process], host: &HostProcess) -> Vec<Pro
     processes
 }
 
-async fn host_phase(
-    name: &'static str,
-    cost: Cost,
-    own_writes: f64,
-    host: &HostProcess,
-    writes_before: f64,
-    reconciles_before: f64,
-) -> Result<Phase> {
+/// `phase` with the host's writes and reconciles since `before` (from [`activity`]).
+async fn with_host(phase: Phase, host: &HostProcess, before: (f64, f64)) -> Result<Phase> {
     let (writes, reconciles) = activity(host).await?;
-    Ok(Phase::new(name, cost, own_writes).host(writes - writes_before, reconciles - reconciles_before))
+    Ok(phase.host(writes - before.0, reconciles - before.1))
 }
 
 async fn wait_reconciles(host: &HostProcess, target: f64, timeout: Duration) -> Result<Instant> {
