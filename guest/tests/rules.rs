@@ -212,6 +212,34 @@ fn percona_provides_the_database_url_and_an_init_container() {
     assert!(init["command"][2].as_str().expect("script").contains("pg_isready"));
     let names: Vec<_> = init["env"].as_array().expect("env").iter().map(|e| e["name"].clone()).collect();
     assert_eq!(names, ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"]);
+    assert!(init["securityContext"].is_null(), "a security context nobody asked for: {init}");
+}
+
+/// A namespace enforcing Pod Security `restricted` admits the pod only if the init
+/// container meets it too, so it gets the server container's security context.
+#[test]
+fn the_init_container_runs_under_the_containers_security_context() {
+    let restricted = json!({"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
+    let mut snapshot = snapshot(
+        server(json!({"storage": {"metadataSize": "1Gi"}, "percona": {"enabled": true},
+                      "securityContext": restricted})),
+        vec![],
+        vec![],
+    );
+    snapshot.related.push(json!({"apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGCluster",
+        "metadata": {"name": "nas-postgres", "labels": {"dittofs.dittofs.com/server": "nas"}},
+        "spec": {}, "status": {"state": "ready"}}));
+    snapshot.required = vec![RequiredObject {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        name: "nas-postgres-pguser-dittofs".into(),
+        object: None,
+    }];
+    let outcome = reconcile(snapshot);
+    let pod = &applied(&outcome, "StatefulSet", NAME).expect("statefulset")["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["securityContext"], restricted);
+    assert_eq!(pod["initContainers"][0]["securityContext"], restricted);
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub fn build(owner: &Primary, spec: &DittoServerSpec, config_hash: &str, claims:
     };
     pod["containers"] = vec![server_container(name, spec, claims)].into();
     if spec.percona.enabled {
-        pod["initContainers"] = vec![wait_for_postgres(name)].into();
+        pod["initContainers"] = vec![wait_for_postgres(name, spec)].into();
     }
     let mut statefulset = json!({
         "apiVersion": "apps/v1",
@@ -246,7 +246,11 @@ fn environment(name: &str, spec: &DittoServerSpec) -> Vec<Value> {
 }
 
 /// Waits until the Percona cluster accepts connections as the DittoFS user.
-fn wait_for_postgres(name: &str) -> Value {
+///
+/// It runs under the server container's `securityContext` from the spec: a
+/// namespace that enforces a Pod Security level admits a pod only when every
+/// container meets it, and this is the one container the user cannot configure.
+fn wait_for_postgres(name: &str, spec: &DittoServerSpec) -> Value {
     let secret = names::percona_user_secret(name);
     let env: Vec<Value> = [
         ("PGHOST", "host"),
@@ -269,5 +273,8 @@ fn wait_for_postgres(name: &str) -> Value {
         ],
     });
     container["env"] = env.into();
+    if let Some(context) = &spec.security_context {
+        container["securityContext"] = Value::Object(context.object.clone());
+    }
     container
 }
