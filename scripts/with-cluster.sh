@@ -15,11 +15,13 @@ if [[ -n ${KUBECONFIG:-} ]]; then
   exec "$@"
 fi
 
-# A control plane someone started before us (make cluster-up) stays up afterwards.
+# A cluster someone started before us (make cluster-up) stays up afterwards. up.sh
+# reuses it when it has the nodes asked for (CLUSTER_NODES), and replaces it if not.
 kubectl=target/cluster/bin/kubectl
 if [[ -f target/cluster/state.env ]] &&
   "$kubectl" --kubeconfig target/cluster/kubeconfig --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
-  echo "with-cluster: reusing the running local control plane" >&2
+  echo "with-cluster: reusing the running local cluster" >&2
+  tests/cluster/up.sh
 else
   tests/cluster/up.sh
   trap 'tests/cluster/down.sh' EXIT

@@ -241,15 +241,16 @@ async fn create_server(
     Servers::new(client.clone(), namespace).create(name, percona).await
 }
 
-/// Whether `name` is converged without a kubelet: finalizer, phase Pending, and its
-/// StatefulSet, ConfigMap and Services exist. Returns its owned objects' annotations
+/// Whether `name` is converged: finalizer, phase Pending or Running (the local
+/// cluster's fake nodes may already have made its pod ready), and its StatefulSet,
+/// ConfigMap and Services exist. Returns its owned objects' annotations
 /// of `V2_ANNOTATION` (one entry per object).
 async fn converged(client: &Client, namespace: &str, name: &str) -> Result<Option<Vec<Option<String>>>> {
     let servers: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &dittoservers());
     let Some(server) = servers.get_opt(name).await? else { return Ok(None) };
     let finalized = server.finalizers().iter().any(|f| f == DITTO_FINALIZER);
     let phase = server.data.pointer("/status/phase").and_then(Value::as_str);
-    if !finalized || phase != Some("Pending") {
+    if !finalized || !matches!(phase, Some("Pending" | "Running")) {
         return Ok(None);
     }
     let selector = ListParams::default().labels(&format!("{DITTO_OWNER_LABEL}={name}"));

@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# Builds the local test control plane's binaries (etcd, kube-apiserver,
-# kube-controller-manager, kubectl) from their Go modules and caches them outside
-# the repository, keyed by the pinned versions. See --help.
+# Builds the local cluster's binaries (etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kwok) from their Go modules and caches them outside the
+# repository, keyed by the pinned versions. See --help.
 set -euo pipefail
 
 CLUSTER_SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 usage() {
   cat <<EOF
-Usage: $(basename "$0") [--print-dir] [--help]
+Usage: $(basename "$0") [--print-dir | --print-kwok-version] [--help]
 
-Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the Go
-modules in ${CLUSTER_SRC}/{etcd,kube} (versions pinned by their go.mod/go.sum)
-into a cache shared by every checkout:
+Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and
+kwok (the fake nodes) from the Go modules in ${CLUSTER_SRC}/{etcd,kube,kwok}
+(versions pinned by their go.mod/go.sum) into a cache shared by every checkout:
 
   \${XDG_CACHE_HOME:-\$HOME/.cache}/dittofs-wasm/k8s/<kubernetes>+etcd-<etcd>/
+
+kwok is cached as kwok-<version>, beside kwok-<version>-stages.yaml: the node and
+pod stages kwok ships as its defaults (node-initialize, node heartbeat with lease,
+pod ready/complete/delete), taken from its module.
 
 Binaries already in the cache are reused; a cold build takes several minutes.
 Needs Go (the version named in the go.mod files) and the Go module proxy.
 
 Options:
   --print-dir   only print the cache directory the binaries go to, build nothing
+  --print-kwok-version
+                only print the pinned kwok version, build nothing
   --help        show this help
 
 Environment:
@@ -30,10 +36,12 @@ EOF
 }
 
 print_dir_only=false
+print_kwok_version=false
 for arg in "$@"; do
   case "$arg" in
     --help | -h) usage; exit 0 ;;
     --print-dir) print_dir_only=true ;;
+    --print-kwok-version) print_kwok_version=true ;;
     *) echo "build.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,20 +56,32 @@ module_version() { # <go.mod> <module path>
 }
 K8S_VERSION="$(module_version "$CLUSTER_SRC/kube/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(module_version "$CLUSTER_SRC/etcd/go.mod" go.etcd.io/etcd/server/v3)"
-[[ -n "$K8S_VERSION" && -n "$ETCD_VERSION" ]] || die "cannot read the pinned versions from $CLUSTER_SRC/{kube,etcd}/go.mod"
+KWOK_VERSION="$(module_version "$CLUSTER_SRC/kwok/go.mod" sigs.k8s.io/kwok)"
+[[ -n "$K8S_VERSION" && -n "$ETCD_VERSION" && -n "$KWOK_VERSION" ]] ||
+  die "cannot read the pinned versions from $CLUSTER_SRC/{kube,etcd,kwok}/go.mod"
 
 CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/dittofs-wasm/k8s/${K8S_VERSION}+etcd-${ETCD_VERSION}"
 if $print_dir_only; then
   echo "$CACHE_DIR"
   exit 0
 fi
+if $print_kwok_version; then
+  echo "$KWOK_VERSION"
+  exit 0
+fi
 
-# name | module directory | package
+# kwok's release is not part of the cache directory's key, so its version is in
+# its file names: a new pin builds a new kwok and nothing else.
+KWOK_STAGES="kwok-$KWOK_VERSION-stages.yaml"
+
+# cached file | module directory | package
 BINARIES=(
   "etcd|etcd|."
   "kube-apiserver|kube|k8s.io/kubernetes/cmd/kube-apiserver"
   "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager"
+  "kube-scheduler|kube|k8s.io/kubernetes/cmd/kube-scheduler"
   "kubectl|kube|k8s.io/kubernetes/cmd/kubectl"
+  "kwok-$KWOK_VERSION|kwok|sigs.k8s.io/kwok/cmd/kwok"
 )
 
 missing=()
@@ -69,7 +89,7 @@ for entry in "${BINARIES[@]}"; do
   IFS='|' read -r name _ _ <<<"$entry"
   [[ -x "$CACHE_DIR/$name" ]] || missing+=("$entry")
 done
-if [[ ${#missing[@]} -eq 0 ]]; then
+if [[ ${#missing[@]} -eq 0 && -s "$CACHE_DIR/$KWOK_STAGES" ]]; then
   log "binaries cached in $CACHE_DIR (kubernetes $K8S_VERSION, etcd $ETCD_VERSION)"
   exit 0
 fi
@@ -102,7 +122,7 @@ log "building into $CACHE_DIR: ${#missing[@]} binaries (kubernetes $K8S_VERSION,
 
 # Fetch the modules first so that an unreachable proxy is reported as such rather
 # than as a compile error halfway through.
-for dir in etcd kube; do
+for dir in etcd kube kwok; do
   log "downloading the Go modules of $dir (GOPROXY=$(go env GOPROXY))"
   if ! out="$(cd "$CLUSTER_SRC/$dir" && go mod download 2>&1)"; then
     printf '%s\n' "$out" | tail -n 15 >&2
@@ -145,9 +165,25 @@ for entry in "${missing[@]}"; do
   log "  $name built in $(fmt_elapsed $((SECONDS - started)))"
 done
 
+# kwok's default stages, as its module ships them (kwokctl configures the same
+# ones). A Stage is how kwok decides that a node is Ready and a pod Running.
+if [[ ! -s "$CACHE_DIR/$KWOK_STAGES" ]]; then
+  kwok_dir="$(cd "$CLUSTER_SRC/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  stages=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
+  for stage in "${stages[@]}"; do
+    [[ -f "$kwok_dir/kustomize/stage/$stage" ]] || die "kwok $KWOK_VERSION has no default stage $stage in $kwok_dir"
+    cat "$kwok_dir/kustomize/stage/$stage"
+    printf '\n---\n'
+  done >"$CACHE_DIR/.$KWOK_STAGES.tmp"
+  mv -f "$CACHE_DIR/.$KWOK_STAGES.tmp" "$CACHE_DIR/$KWOK_STAGES"
+  log "kwok's default stages written to $CACHE_DIR/$KWOK_STAGES"
+fi
+
 {
   echo "kubernetes $K8S_VERSION"
   echo "etcd $ETCD_VERSION"
+  echo "kwok $KWOK_VERSION"
   go version
 } >"$CACHE_DIR/VERSIONS"
 log "done in $(fmt_elapsed $((SECONDS - build_started))); cache: $(du -sh "$CACHE_DIR" | cut -f1) in $CACHE_DIR"

@@ -10,7 +10,24 @@ STATE_FILE="$CLUSTER_DIR/state.env"
 KUBECONFIG_FILE="$CLUSTER_DIR/kubeconfig"
 LOG_DIR="$CLUSTER_DIR/logs"
 # Stop order: clients before the servers they talk to.
-COMPONENTS=(kube-controller-manager kube-apiserver etcd)
+COMPONENTS=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+
+components_of() { # <nodes> -> the components a cluster with that many nodes runs
+  if (($1 > 0)); then
+    echo "${COMPONENTS[@]}"
+  else
+    echo kube-controller-manager kube-apiserver etcd
+  fi
+}
+
+# The cached binary a component runs; kwok's name carries its version (build.sh).
+binary_of() { # <component>; needs BIN_DIR (and KWOK_VERSION for kwok)
+  if [[ "$1" == kwok ]]; then
+    printf '%s/kwok-%s' "$BIN_DIR" "$KWOK_VERSION"
+  else
+    printf '%s/%s' "$BIN_DIR" "$1"
+  fi
+}
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }

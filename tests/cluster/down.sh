@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops the local control plane started by up.sh and removes its state.
+# Stops the local cluster started by up.sh and removes its state.
 # Idempotent: without a running control plane it does nothing. See --help.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -9,9 +9,9 @@ usage() {
   cat <<EOF
 Usage: $(basename "$0") [--help]
 
-Stops the kube-controller-manager, kube-apiserver and etcd that up.sh started
-(SIGTERM, then SIGKILL after ${STOP_TIMEOUT:-15}s), and deletes their temporary state
-directory (etcd data, certificates). Only processes recorded in
+Stops the kwok, kube-scheduler, kube-controller-manager, kube-apiserver and etcd
+that up.sh started (SIGTERM, then SIGKILL after ${STOP_TIMEOUT:-15}s), and deletes
+their temporary state directory (etcd data, certificates). Only processes recorded in
 ${STATE_FILE#"$REPO_ROOT"/} that still run the cached binaries are signalled.
 Logs stay in ${LOG_DIR#"$REPO_ROOT"/}; the kubeconfig is removed.
 
@@ -43,12 +43,12 @@ stop() { # <component>
   local component="$1" pid_name pid deadline
   pid_name="$(pid_var "$component")"
   pid="${!pid_name:-}"
-  if ! is_our_process "$pid" "$BIN_DIR/$component"; then
+  if ! is_our_process "$pid" "$(binary_of "$component")"; then
     return 0
   fi
   kill -TERM "$pid" 2>/dev/null || return 0
   deadline=$((SECONDS + STOP_TIMEOUT))
-  while is_our_process "$pid" "$BIN_DIR/$component"; do
+  while is_our_process "$pid" "$(binary_of "$component")"; do
     if ((SECONDS >= deadline)); then
       log "$component (pid $pid) ignored SIGTERM for ${STOP_TIMEOUT}s; killing it"
       kill -KILL "$pid" 2>/dev/null || true
@@ -57,7 +57,7 @@ stop() { # <component>
     fi
     sleep 0.2
   done
-  if is_our_process "$pid" "$BIN_DIR/$component"; then
+  if is_our_process "$pid" "$(binary_of "$component")"; then
     die "could not stop $component (pid $pid)"
   fi
   log "stopped $component (pid $pid)"

@@ -43,13 +43,13 @@ source "$STATE_FILE"
 args_file="$STATE_DIR/$component.args"
 [[ -f "$args_file" ]] || die "no recorded arguments for $component ($args_file); was it started by an older up.sh?"
 pid_name="$(pid_var "$component")"
-if is_our_process "${!pid_name:-}" "$BIN_DIR/$component"; then
+if is_our_process "${!pid_name:-}" "$(binary_of "$component")"; then
   die "$component still runs (pid ${!pid_name}); stop it before restarting it"
 fi
 
 mapfile -d '' args <"$args_file"
 # As in up.sh: its own session, output appended to its log, without the lock.
-setsid "$BIN_DIR/$component" "${args[@]}" </dev/null >>"$LOG_DIR/$component.log" 2>&1 8>&- &
+setsid "$(binary_of "$component")" "${args[@]}" </dev/null >>"$LOG_DIR/$component.log" 2>&1 8>&- &
 declare -A PIDS=(["$component"]=$!)
 # The new pid replaces the old one in place; the rest of the state is unchanged.
 sed "s/^$pid_name=.*/$pid_name=${PIDS[$component]}/" "$STATE_FILE" >"$STATE_FILE.tmp"

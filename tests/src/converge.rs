@@ -1,7 +1,7 @@
-//! Driving DittoServers to convergence and deletion while a host reconciles them,
-//! playing the actors the control plane lacks: the StatefulSet controller and kubelet
-//! (a StatefulSet's status says its replicas are ready) and the Percona operator (a
-//! PerconaPGCluster's `status.state`). Used by the deploy and leader-election tests,
+//! Driving DittoServers to convergence and deletion while a host reconciles them.
+//! The StatefulSet controller and kwok's nodes run the pods; the tests play the one
+//! actor the cluster lacks, the Percona operator (a PerconaPGCluster's
+//! `status.state`). Used by the deploy and leader-election tests,
 //! which care that a host converges and deletes, not about every detail of the
 //! lifecycle (that is `tests/tests/lifecycle*`).
 
@@ -35,12 +35,29 @@ pub enum Percona {
 pub struct Servers {
     client: Client,
     namespace: String,
+    restricted: bool,
+}
+
+/// A pod and container security context that Pod Security `restricted` admits, for
+/// DittoServers in a namespace that enforces it (as `deploy/` labels its own).
+pub fn restricted_security() -> (Value, Value) {
+    let pod = json!({"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,
+                     "seccompProfile": {"type": "RuntimeDefault"}});
+    let container = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    (pod, container)
 }
 
 impl Servers {
     /// The servers of `namespace`.
     pub fn new(client: Client, namespace: &str) -> Self {
-        Self { client, namespace: namespace.to_owned() }
+        Self { client, namespace: namespace.to_owned(), restricted: false }
+    }
+
+    /// The same, created with [`restricted_security`]: the namespace enforces Pod
+    /// Security `restricted`, and admission refuses the pods of any other spec.
+    pub fn restricted(mut self) -> Self {
+        self.restricted = true;
+        self
     }
 
     /// The DittoServer API of the namespace.
@@ -65,6 +82,11 @@ impl Servers {
             Percona::Keep => spec["percona"] = json!({"enabled": true, "deleteWithServer": false}),
             Percona::DeleteWithServer => spec["percona"] = json!({"enabled": true, "deleteWithServer": true}),
         }
+        if self.restricted {
+            let (pod, container) = restricted_security();
+            spec["podSecurityContext"] = pod;
+            spec["securityContext"] = container;
+        }
         let object = json!({
             "apiVersion": "dittofs.dittofs.com/v1alpha1", "kind": "DittoServer",
             "metadata": {"name": name}, "spec": spec,
@@ -73,8 +95,8 @@ impl Servers {
     }
 
     /// Waits until `name` runs: plays Percona (state `ready`) when the server has a
-    /// PerconaPGCluster, the kubelet when its StatefulSet appears, and waits for
-    /// phase Running.
+    /// PerconaPGCluster, waits for its StatefulSet's pods to be ready, and for phase
+    /// Running.
     pub async fn wait_running(&self, name: &str, percona: Percona) -> Result<DynamicObject> {
         if percona != Percona::Off {
             let cluster = format!("{name}-postgres");
@@ -93,21 +115,11 @@ impl Servers {
                 .with_context(|| format!("cannot mark PerconaPGCluster {cluster} ready"))?;
         }
         let statefulsets = self.statefulsets();
-        let sts = wait_until(format!("StatefulSet {name}"), DEFAULT_TIMEOUT, || async {
+        wait_until(format!("StatefulSet {name}"), DEFAULT_TIMEOUT, || async {
             Ok(statefulsets.get_opt(name).await?)
         })
         .await?;
-        let replicas = sts.spec.replicas.unwrap_or(1);
-        let status = json!({"status": {
-            "observedGeneration": sts.metadata.generation,
-            "replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
-            "currentReplicas": replicas, "updatedReplicas": replicas,
-            "currentRevision": format!("{name}-rev"), "updateRevision": format!("{name}-rev"),
-        }});
-        statefulsets
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-            .await
-            .with_context(|| format!("cannot mark StatefulSet {name} ready"))?;
+        crate::workload::wait_rollout(&statefulsets, name).await?;
         self.wait_phase(name, "Running").await
     }
 

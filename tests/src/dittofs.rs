@@ -1,7 +1,7 @@
 //! The DittoFS operator's world as the lifecycle tests see it: DittoServers and the
-//! objects they own, the actors the control plane lacks (the kubelet and the
-//! StatefulSet controller marking pods ready, the Percona operator marking its
-//! cluster ready), and a [`Scenario`]: one namespace with its own host.
+//! objects they own, their pods as the real StatefulSet controller and kwok run them,
+//! the one actor the cluster lacks (the Percona operator marking its cluster ready),
+//! and a [`Scenario`]: one namespace with its own host.
 //!
 //! The names here are the operator's contract (`reference/dittoserver.md`), written
 //! out again on purpose rather than imported from the guest: the tests check the
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
@@ -202,6 +202,11 @@ impl Scenario {
         Api::namespaced(self.client.clone(), self.ns())
     }
 
+    /// Pods in the namespace.
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
     /// Secrets in the namespace.
     pub fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), self.ns())
@@ -305,23 +310,11 @@ impl Scenario {
         .with_context(|| self.diagnosis(name))
     }
 
-    /// Plays the StatefulSet controller and the kubelet: every desired replica of
-    /// StatefulSet `name` runs, ready and available, at the current generation and
-    /// revision.
-    pub async fn mark_statefulset_ready(&self, name: &str) -> Result<()> {
-        let sts = self.statefulsets().get(name).await.with_context(|| format!("StatefulSet {name}"))?;
-        let replicas = sts.spec.replicas.unwrap_or(1);
-        let status = json!({"status": {
-            "observedGeneration": sts.metadata.generation,
-            "replicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
-            "currentReplicas": replicas, "updatedReplicas": replicas,
-            "currentRevision": format!("{name}-rev"), "updateRevision": format!("{name}-rev"),
-        }});
-        self.statefulsets()
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-            .await
-            .with_context(|| format!("cannot write the status of StatefulSet {name}"))?;
-        Ok(())
+    /// Waits until the real StatefulSet controller and kwok (the nodes' kubelet)
+    /// have rolled out StatefulSet `name`'s current spec: every desired replica
+    /// updated and ready ([`crate::workload::rollout_complete`]).
+    pub async fn wait_statefulset_ready(&self, name: &str) -> Result<StatefulSet> {
+        crate::workload::wait_rollout(&self.statefulsets(), name).await.with_context(|| self.diagnosis(name))
     }
 
     /// Plays the Percona operator: sets `status.state` of the PerconaPGCluster of
@@ -335,12 +328,12 @@ impl Scenario {
         Ok(())
     }
 
-    /// Creates DittoServer `name`, waits for its StatefulSet, marks it ready and
-    /// waits for phase Running.
+    /// Creates DittoServer `name`, waits for its StatefulSet's pods to be ready and
+    /// for phase Running.
     pub async fn create_running_server(&self, name: &str, spec: Value) -> Result<DynamicObject> {
         self.create_server(name, spec).await?;
         self.wait_statefulset(name).await?;
-        self.mark_statefulset_ready(name).await?;
+        self.wait_statefulset_ready(name).await?;
         self.wait_phase(name, "Running").await
     }
 

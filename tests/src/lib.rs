@@ -1,9 +1,10 @@
 //! Helpers for end-to-end tests against a real Kubernetes control plane.
 //!
-//! The control plane is the one `tests/cluster/up.sh` runs on loopback (etcd,
-//! kube-apiserver, and kube-controller-manager with the garbage collector), or any
-//! cluster that `KUBECONFIG` names. There is no kubelet: tests play the missing
-//! actors themselves.
+//! The cluster is the one `tests/cluster/up.sh` runs on loopback (etcd,
+//! kube-apiserver, kube-controller-manager with the garbage collector and the
+//! workload controllers, kube-scheduler, and kwok's fake nodes, on which pods become
+//! Running and Ready without containers), or any cluster that `KUBECONFIG` names.
+//! The tests play only the Percona operator, which the cluster does not have.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -30,6 +31,7 @@ pub mod operator;
 pub mod private_cluster;
 pub mod record;
 pub mod wait;
+pub mod workload;
 
 pub use cluster::{Cluster, cluster};
 pub use dittofs::Scenario;

@@ -4,8 +4,9 @@
 //! Every other test shares one control plane ([`crate::cluster`]), so a fault there
 //! would fail them all. A [`PrivateCluster`] is a second instance of the same
 //! scripts (`tests/cluster/up.sh` with `DITTOFS_CLUSTER_DIR=target/cluster-faults-<name>`):
-//! its own etcd, kube-apiserver and kube-controller-manager on free loopback ports,
-//! with the CRDs installed. It is stopped (`down.sh`) when dropped, also when the test
+//! its own etcd, kube-apiserver and kube-controller-manager on free loopback ports
+//! and, unless it is started with no nodes, its own scheduler and kwok nodes, with
+//! the CRDs installed. It is stopped (`down.sh`) when dropped, also when the test
 //! fails; its component logs stay in `target/cluster-faults-<name>/logs/`.
 //!
 //! Private control planes of one test process start one at a time: each holds a
@@ -85,13 +86,14 @@ impl std::fmt::Debug for PrivateCluster {
 }
 
 impl PrivateCluster {
-    /// Starts a fresh control plane in `target/cluster-faults-<name>/` with
+    /// Starts a fresh cluster in `target/cluster-faults-<name>/` with `nodes` kwok
+    /// nodes (0: the bare control plane, where nothing runs pods) and
     /// `apiserver_flags` added to kube-apiserver's, and installs the CRDs.
     ///
     /// Whatever a previous run left in that directory (a test process killed before
     /// its drop ran) is stopped first: a leftover control plane would otherwise be
     /// reused by `up.sh`, with the old run's objects and flags.
-    pub async fn start(name: &str, apiserver_flags: &[String]) -> Result<Self> {
+    pub async fn start(name: &str, nodes: u32, apiserver_flags: &[String]) -> Result<Self> {
         let exclusive = EXCLUSIVE.lock().await;
         let dir = Self::dir_for(name);
         run_script(&dir, "down.sh", &[], &[]).await?;
@@ -105,7 +107,9 @@ impl PrivateCluster {
         // an error below still stops it.
         let mut cluster =
             Self { name: name.to_owned(), dir, config: placeholder_config()?, _exclusive: exclusive };
-        run_script(&cluster.dir, "up.sh", &[], &[("DITTOFS_APISERVER_EXTRA_FLAGS", &flags)]).await?;
+        let nodes = nodes.to_string();
+        let env = [("DITTOFS_APISERVER_EXTRA_FLAGS", flags.as_str()), ("CLUSTER_NODES", nodes.as_str())];
+        run_script(&cluster.dir, "up.sh", &[], &env).await?;
         let path = cluster.kubeconfig();
         let kubeconfig =
             Kubeconfig::read_from(&path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -44,7 +44,7 @@ async fn labelled_config_maps_in_namespaces_without_primaries_are_never_cached()
             .await?;
     host.wait_ready().await?;
     s.wait_statefulset("cached").await?;
-    s.mark_statefulset_ready("cached").await?;
+    s.wait_statefulset_ready("cached").await?;
     s.wait_phase("cached", "Running").await?;
     let before = measure::rss(host.pid())?.current_kib;
 

@@ -1,6 +1,9 @@
-//! The local control plane does what the operator's end-to-end tests rely on:
-//! it is ready, the garbage collector carries out background, foreground and
-//! orphan deletion, and RBAC denies what it does not allow.
+//! The local cluster does what the operator's end-to-end tests rely on: it is
+//! ready, the garbage collector carries out background, foreground and orphan
+//! deletion, RBAC denies what it does not allow, and a StatefulSet with volume claim
+//! templates really runs: its claims are bound, its pod is scheduled on a kwok node
+//! and reported Running and Ready, a template change replaces the pod, and scaling
+//! to zero removes it.
 
 use anyhow::{Context as _, Result, ensure};
 use e2e::{DEFAULT_TIMEOUT, TestNamespace, cluster, wait_until};
@@ -246,5 +249,90 @@ async fn the_fixture_crd_is_installed_and_serves_status() -> Result<()> {
     .await?;
     let stored = api.get("db").await?;
     assert_eq!(stored.data["status"]["state"], "ready");
+    Ok(())
+}
+
+/// A StatefulSet as the DittoFS module writes one, in the parts the cluster acts
+/// on: a volume claim template without a storage class, a readiness probe, an image
+/// that does not exist (kwok never pulls it).
+const STATEFULSET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  replicas: 1
+  serviceName: web
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}, annotations: {revision: "1"}}
+    spec:
+      containers:
+      - name: server
+        image: registry.invalid/never-pulled:1
+        readinessProbe: {tcpSocket: {port: 2049}}
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+"#;
+
+#[tokio::test]
+async fn a_statefulset_runs_on_the_kwok_nodes_rolls_and_scales_to_zero() -> Result<()> {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+
+    let cluster = cluster().await?;
+    let client = cluster.client()?;
+    let ns = TestNamespace::create(cluster, "kwok").await?;
+    e2e::apply_yaml(&client, Some(ns.name()), STATEFULSET).await?;
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns.name());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns.name());
+
+    let sts = e2e::workload::wait_rollout(&statefulsets, "web").await?;
+    let first = pods.get("web-0").await?;
+    let node = first.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    ensure!(node.starts_with("kwok-node-"), "web-0 is on node {node:?}, not a kwok node");
+    let status = first.status.as_ref().context("web-0 has no status")?;
+    ensure!(status.phase.as_deref() == Some("Running"), "web-0 phase: {:?}", status.phase);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns.name());
+    let claim = claims.get("data-web-0").await?;
+    let bound = claim.status.as_ref().and_then(|s| s.phase.clone());
+    ensure!(bound.as_deref() == Some("Bound"), "PVC data-web-0: {bound:?}");
+    ensure!(
+        claim.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()) == Some("standard"),
+        "the default StorageClass was not applied"
+    );
+
+    // A template change: the controller replaces the pod with one of the new revision.
+    let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"revision": "2"}}}}});
+    statefulsets.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let pods_ref = &pods;
+    let old_uid = first.uid();
+    wait_until("web-0 to be replaced by a pod of the new template", DEFAULT_TIMEOUT, || {
+        let old_uid = old_uid.clone();
+        async move {
+            let pod = pods_ref.get_opt("web-0").await?;
+            Ok(pod.filter(|p| {
+                p.uid() != old_uid && p.annotations().get("revision").map(String::as_str) == Some("2")
+            }))
+        }
+    })
+    .await?;
+    let rolled = e2e::workload::wait_rollout(&statefulsets, "web").await?;
+    ensure!(
+        rolled.status.as_ref().and_then(|s| s.update_revision.clone())
+            != sts.status.as_ref().and_then(|s| s.update_revision.clone()),
+        "the revision did not change"
+    );
+
+    let patch = serde_json::json!({"spec": {"replicas": 0}});
+    statefulsets.patch("web", &PatchParams::default(), &Patch::Merge(patch)).await?;
+    e2e::workload::wait_rollout(&statefulsets, "web").await?;
+    wait_until("web-0 to be gone at zero replicas", DEFAULT_TIMEOUT, || async move {
+        Ok(pods_ref.get_opt("web-0").await?.is_none().then_some(()))
+    })
+    .await?;
     Ok(())
 }

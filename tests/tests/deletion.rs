@@ -20,7 +20,7 @@ use e2e::identity::{dittofs_rules, service_account_with_role, write_impersonatin
 use e2e::operator::artifact_dir;
 use e2e::record::Recording;
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::jiff::SignedDuration;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -31,8 +31,8 @@ fn percona_spec(delete_with_server: bool) -> Value {
            "percona": {"enabled": true, "deleteWithServer": delete_with_server}})
 }
 
-/// Creates a DittoServer with Percona, plays the Percona operator and the kubelet
-/// until it runs; returns the server and its PerconaPGCluster.
+/// Creates a DittoServer with Percona, plays the Percona operator and waits until
+/// its pod is ready and it runs; returns the server and its PerconaPGCluster.
 async fn running_percona_server(
     s: &Scenario,
     name: &str,
@@ -50,7 +50,7 @@ async fn running_percona_server(
     .with_context(|| s.diagnosis(name))?;
     s.set_percona_state(name, "ready").await?;
     s.wait_statefulset(name).await?;
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     let server = s.wait_phase(name, "Running").await?;
     let cluster = s.perconas().get(&cluster_name).await?;
     Ok((server, cluster))
@@ -78,7 +78,7 @@ async fn wait_collected(s: &Scenario, name: &str, uid: &str, gone: bool) -> Resu
 
 /// Scenario 5. Background deletion: phase Deleting (recorded, since it lasts one
 /// batch) with a Normal event; the DittoServer goes; the garbage collector removes
-/// the ConfigMap, the Services and the StatefulSet.
+/// the ConfigMap, the Services, the StatefulSet and its pod; the pod's volumes stay.
 #[tokio::test]
 async fn background_deletion_goes_through_deleting_and_collects_everything() -> Result<()> {
     let s = Scenario::start("delete-background").await?;
@@ -123,6 +123,20 @@ async fn background_deletion_goes_through_deleting_and_collects_everything() -> 
         Ok((left == 0).then_some(()))
     })
     .await?;
+    // The StatefulSet's pod goes with it (the garbage collector, then kwok), and
+    // its volumes stay: the retention policy is Retain, so no data is lost.
+    let pod = format!("{name}-0");
+    let pod = &pod;
+    wait_until("the StatefulSet's pod to go", DEFAULT_TIMEOUT, || async move {
+        Ok(this.pods().get_opt(pod).await?.is_none().then_some(()))
+    })
+    .await?;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(s.client.clone(), s.ns());
+    for claim in ["metadata", "cache"] {
+        let claim = format!("{claim}-{name}-0");
+        let found = claims.get_opt(&claim).await?.with_context(|| format!("PVC {claim} was deleted"))?;
+        ensure!(found.metadata.deletion_timestamp.is_none(), "PVC {claim} is being deleted");
+    }
     // Nothing the GC removed came back: the host did not re-create for a dying server.
     ensure!(s.config_maps().get_opt(&names::config_map(name)).await?.is_none());
     ensure!(
@@ -240,7 +254,7 @@ async fn a_recreated_server_reuses_the_preserved_cluster() -> Result<()> {
         })
         .await?;
     ensure!(server.data["status"]["perconaClusterName"] == names::percona_cluster(name).as_str());
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     s.wait_phase(name, "Running").await?;
     let reused = s.perconas().get(&names::percona_cluster(name)).await?;
     ensure!(reused.uid() == preserved.uid(), "the PerconaPGCluster was re-created");
@@ -264,7 +278,7 @@ async fn a_server_in_a_namespace_being_deleted_goes_without_waiting_for_the_time
     let name = "nas";
     s.create_server(name, json!({"storage": {"metadataSize": "1Gi"}})).await?;
     s.wait_statefulset(name).await?;
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     s.wait_phase(name, "Running").await?;
     let op = s.operator()?;
     let before = op.metrics().await?;

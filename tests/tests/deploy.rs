@@ -6,8 +6,10 @@
 //! outside it are denied).
 //!
 //! Every test renders `deploy/` into its own namespace with a unique name suffix
-//! (kustomize overlay), so runs never collide. There is no kubelet: the Deployment is
-//! stored, not run; the tests run the host binary themselves, as the ServiceAccount.
+//! (kustomize overlay), so runs never collide. No container runs on the local
+//! cluster's kwok nodes: the Deployment's pods are reported Running, but nothing
+//! executes the image; the tests run the host binary themselves, as the
+//! ServiceAccount.
 
 use std::collections::BTreeSet;
 
@@ -262,7 +264,8 @@ async fn converge_and_delete_as(ns: &str, kubeconfig: &std::path::Path, admin: C
     )
     .await?;
     host.wait_ready().await?;
-    let servers = Servers::new(admin.clone(), ns);
+    // deploy/ makes its namespace enforce Pod Security `restricted`.
+    let servers = Servers::new(admin.clone(), ns).restricted();
     let cases = [("plain", Percona::Off), ("pg-keep", Percona::Keep), ("pg-drop", Percona::DeleteWithServer)];
     for (name, percona) in cases {
         servers.create(name, percona).await?;

@@ -99,7 +99,7 @@ async fn a_namespace_whose_watch_cannot_list_holds_up_only_its_own_primaries() -
 
     // The healthy namespace converges though another namespace cannot list.
     s.wait_statefulset("free").await?;
-    s.mark_statefulset_ready("free").await?;
+    s.wait_statefulset_ready("free").await?;
     s.wait_phase("free", "Running").await?;
     let named = format!("the related apps/v1 StatefulSet in {} watch has not listed", blocked.name());
     wait_until("/readyz to name the blocked namespace's watch", DEFAULT_TIMEOUT, || async {

@@ -108,8 +108,8 @@ async fn operator_identity(
     Ok((user, kubeconfig))
 }
 
-/// Creates the servers and waits until every one runs (playing the kubelet and the
-/// Percona operator), [`PARALLEL`] at a time.
+/// Creates the servers and waits until every one runs (its pods on the private
+/// cluster's kwok node; the Percona operator played), [`PARALLEL`] at a time.
 async fn converge(servers: &Servers, wanted: &[(String, Percona)]) -> Result<()> {
     for (name, percona) in wanted {
         servers.create(name, *percona).await?;
@@ -256,7 +256,7 @@ fn mark_deleted(object: &mut Value) -> Result<()> {
 #[tokio::test]
 async fn after_an_api_server_restart_with_compacted_history_the_host_relists_and_changes_nothing()
 -> Result<()> {
-    let cluster = PrivateCluster::start("apiserver-restart", &[]).await?;
+    let cluster = PrivateCluster::start("apiserver-restart", 1, &[]).await?;
     let test_started = Instant::now();
     let client = cluster.client()?;
     let ns = unique("restart");
@@ -405,7 +405,7 @@ async fn after_an_api_server_restart_with_compacted_history_the_host_relists_and
 
 #[tokio::test]
 async fn deletions_finish_after_etcd_was_down_for_20_seconds_and_kept_databases_survive() -> Result<()> {
-    let cluster = PrivateCluster::start("etcd-outage", &[]).await?;
+    let cluster = PrivateCluster::start("etcd-outage", 1, &[]).await?;
     let test_started = Instant::now();
     let client = cluster.client()?;
     let ns = unique("etcd-outage");
@@ -561,7 +561,7 @@ async fn a_throttled_host_backs_off_keeps_its_lease_and_finishes_deleting() -> R
     // built-in levels have 245 shares; with 150 seats in all (100 + 50) a level of
     // one share gets ceil(150 / 246) = 1 seat.
     let flags = ["--max-requests-inflight=100".to_owned(), "--max-mutating-requests-inflight=50".to_owned()];
-    let cluster = PrivateCluster::start("throttling", &flags).await?;
+    let cluster = PrivateCluster::start("throttling", 1, &flags).await?;
     let test_started = Instant::now();
     let client = cluster.client()?;
     let ns = unique("throttled");
@@ -819,7 +819,7 @@ async fn a_leader_stopped_mid_batch_renews_until_its_last_write_and_never_overla
     }
     let flags =
         [format!("--audit-policy-file={}", policy.display()), format!("--audit-log-path={}", log.display())];
-    let cluster = PrivateCluster::start("handover", &flags).await?;
+    let cluster = PrivateCluster::start("handover", 1, &flags).await?;
     let test_started = Instant::now();
     let client = cluster.client()?;
     let ns = unique("handover");
@@ -975,7 +975,7 @@ const RELIST_PEAK_BOUND_PERCENT: u64 = 150;
 async fn a_relist_holds_one_copy_of_the_cache_and_a_page_in_flight() -> Result<()> {
     const CONFIG_MAPS: usize = 300;
     const BYTES: usize = 100 * 1024;
-    let cluster = PrivateCluster::start("relist-memory", &[]).await?;
+    let cluster = PrivateCluster::start("relist-memory", 0, &[]).await?;
     let client = cluster.client()?;
     let ns = unique("relist");
     create_namespace(&client, &ns).await?;

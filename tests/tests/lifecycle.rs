@@ -4,9 +4,12 @@
 //! secret in the ConfigMap, Pending then Running), stop, the metrics Service,
 //! Percona ordering, config-hash rolls, no idle writes, and bad input.
 //!
-//! The tests play the actors the control plane lacks: they mark StatefulSets ready
-//! (kubelet and StatefulSet controller) and set PerconaPGCluster `status.state`
-//! (Percona operator). Waits are generous bounds; nothing asserts a duration.
+//! Pods are real, as far as the API goes: the StatefulSet controller creates and
+//! replaces them, the scheduler places them on kwok's fake nodes, and kwok reports
+//! them Running and Ready (no container runs). The tests play only the Percona
+//! operator, setting PerconaPGCluster `status.state`. States too short to poll for
+//! (Pending before the pods are ready) are read from a [`Recording`]. Waits are
+//! generous bounds; nothing asserts a duration.
 
 use std::collections::BTreeSet;
 
@@ -60,6 +63,16 @@ fn assert_owned(what: &str, meta: &kube::api::ObjectMeta, server: &str, uid: &st
         meta.owner_references
     );
     Ok(())
+}
+
+/// The statuses DittoServer `name` went through, in order, from a recording.
+fn server_statuses(recording: &Recording, name: &str) -> Vec<Value> {
+    recording
+        .changes()
+        .into_iter()
+        .filter(|c| c.kind == "DittoServer" && c.object.name_any() == name)
+        .map(|c| c.object.data["status"].clone())
+        .collect()
 }
 
 fn pod_config_hash(sts: &StatefulSet) -> Option<String> {
@@ -118,8 +131,6 @@ async fn create_puts_the_finalizer_first_then_owned_objects_and_runs_once_ready(
     let uid = created.uid().context("the DittoServer has no uid")?;
 
     let sts = s.wait_statefulset(name).await?;
-    let server = s.wait_phase(name, "Pending").await?;
-    let generation = server.metadata.generation.context("no generation")?;
 
     // Owned objects: labels and controller references.
     let cm = s.config_maps().get(&names::config_map(name)).await?;
@@ -154,9 +165,23 @@ async fn create_puts_the_finalizer_first_then_owned_objects_and_runs_once_ready(
     );
 
     // Pending until the pods are ready; then Running, Ready and every condition met.
-    ensure!(condition_state(&server, "Ready").is_some_and(|(st, _)| st == "False"), "Ready while Pending");
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     let server = s.wait_phase(name, "Running").await?;
+    let generation = server.metadata.generation.context("no generation")?;
+    let statuses = server_statuses(&recording, name);
+    let pending = statuses.iter().position(|st| st["phase"] == "Pending");
+    let running = statuses.iter().position(|st| st["phase"] == "Running");
+    ensure!(
+        pending.is_some() && pending < running,
+        "the status was not Pending before Running: {statuses:?}"
+    );
+    let pending = &statuses[pending.unwrap_or_default()];
+    ensure!(
+        pending["conditions"].as_array().is_some_and(|conditions| conditions
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "False")),
+        "Ready while Pending: {pending}"
+    );
     for (kind, status, reason) in [
         ("ConfigReady", "True", "ConfigMapCurrent"),
         ("Available", "True", "MinimumReplicasAvailable"),
@@ -214,8 +239,8 @@ async fn replicas_zero_stops_the_server() -> Result<()> {
     ensure!(sts.spec.replicas == Some(0), "StatefulSet replicas: {:?}", sts.spec.replicas);
     let available = condition_state(&server, "Available");
     ensure!(available == Some(("True".into(), "Stopped".into())), "Available: {available:?}");
-    // The pods go (played here); the server stays Stopped, and is Ready as such.
-    s.mark_statefulset_ready(name).await?;
+    // The pods go; the server stays Stopped, and is Ready as such.
+    s.wait_statefulset_ready(name).await?;
     let stopped = s
         .wait_server("Ready while stopped", name, |o| {
             condition_state(o, "Ready") == Some(("True".into(), "AllConditionsMet".into()))
@@ -223,15 +248,21 @@ async fn replicas_zero_stops_the_server() -> Result<()> {
         .await?;
     ensure!(phase(&stopped) == Some("Stopped"), "phase: {:?}", phase(&stopped));
 
+    let recording = Recording::start(&s.client, s.ns(), &[dittoservers()]).await?;
     s.patch_spec(name, json!({"replicas": 1})).await?;
-    s.wait_phase(name, "Pending").await?;
     let this = &s;
     wait_until("the StatefulSet scaled back to 1", DEFAULT_TIMEOUT, || async move {
         Ok((this.statefulsets().get(name).await?.spec.replicas == Some(1)).then_some(()))
     })
     .await?;
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     s.wait_phase(name, "Running").await?;
+    let phases: Vec<_> = server_statuses(&recording, name).iter().map(|st| st["phase"].clone()).collect();
+    let pending = phases.iter().position(|p| p == "Pending");
+    ensure!(
+        pending.is_some() && pending < phases.iter().position(|p| p == "Running"),
+        "not Pending while the pod started: {phases:?}"
+    );
     Ok(())
 }
 
@@ -374,7 +405,7 @@ async fn percona_cluster_comes_first_and_the_server_waits_for_it() -> Result<()>
         })
         .await?;
     ensure!(server.data["status"]["perconaClusterName"] == cluster_name.as_str());
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     let running = s.wait_phase(name, "Running").await?;
     ensure!(condition_state(&running, "Ready") == Some(("True".into(), "AllConditionsMet".into())));
     Ok(())
@@ -419,9 +450,21 @@ async fn config_hash_follows_the_spec_and_referenced_secrets() -> Result<()> {
     let yaml = config.data.as_ref().and_then(|d| d.get("config.yaml")).context("no config.yaml")?;
     ensure!(yaml.contains("9191"), "the config file does not have the new port:\n{yaml}");
 
+    // The StatefulSet controller replaced the pod with one of the new template.
+    let pods = s.pods();
+    let pod_hash = |pod: &k8s_openapi::api::core::v1::Pod| {
+        pod.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_HASH_ANNOTATION)).cloned()
+    };
+    let sts = s.wait_statefulset_ready(name).await?;
+    let rolled = e2e::workload::statefulset_pods(&pods, &sts).await?;
+    ensure!(
+        rolled.iter().all(|pod| pod_hash(pod).as_ref() == Some(&second)),
+        "the pod was not replaced with the new config hash {second}: {:?}",
+        rolled.iter().map(pod_hash).collect::<Vec<_>>()
+    );
+
     // Converge again and let everything queued run out, so that only the Secret's
     // change can trigger the next reconcile.
-    s.mark_statefulset_ready(name).await?;
     s.wait_server("Ready again with the new hash", name, |o| {
         o.data["status"]["configHash"] == second.as_str()
             && condition_state(o, "Ready") == Some(("True".into(), "AllConditionsMet".into()))
@@ -441,6 +484,13 @@ async fn config_hash_follows_the_spec_and_referenced_secrets() -> Result<()> {
     ensure!(config.resource_version() == config_version, "a Secret change rewrote the ConfigMap");
     s.wait_server("status.configHash to follow", name, |o| o.data["status"]["configHash"] == third.as_str())
         .await?;
+    let sts = s.wait_statefulset_ready(name).await?;
+    let rolled = e2e::workload::statefulset_pods(&pods, &sts).await?;
+    ensure!(
+        rolled.iter().all(|pod| pod_hash(pod).as_ref() == Some(&third)),
+        "the Secret's change did not roll the pod"
+    );
+    s.wait_phase(name, "Running").await?;
     Ok(())
 }
 
@@ -481,7 +531,7 @@ async fn a_converged_server_is_never_written() -> Result<()> {
         json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "image": "proxy:1"}]}}}});
     let params = kube::api::PatchParams { field_manager: Some("injector".into()), ..Default::default() };
     s.statefulsets().patch(name, &params, &kube::api::Patch::Strategic(sidecar)).await?;
-    s.mark_statefulset_ready(name).await?;
+    s.wait_statefulset_ready(name).await?;
     s.wait_phase(name, "Running").await?;
     let op = s.operator()?;
     // Settle: whatever the convergence queued runs out first.
@@ -582,13 +632,15 @@ async fn an_unusable_server_fails_alone() -> Result<()> {
     ensure!(service_names(&s, "bad").await?.is_empty(), "Services from an unusable spec");
 
     s.wait_statefulset("good").await?;
-    s.mark_statefulset_ready("good").await?;
+    s.wait_statefulset_ready("good").await?;
     s.wait_phase("good", "Running").await?;
     ensure!(phase(&s.server("bad").await?.context("gone")?) == Some("Failed"), "bad recovered by itself");
 
     s.patch_spec("bad", json!({"metrics": {"port": 9090}})).await?;
     s.wait_statefulset("bad").await?;
-    let fixed = s.wait_phase("bad", "Pending").await?;
+    // Pending, or already Running: kwok may have made its pod ready in between.
+    let fixed =
+        s.wait_server("no longer Failed", "bad", |o| matches!(phase(o), Some("Pending" | "Running"))).await?;
     ensure!(fixed.uid() == bad.uid());
     ensure!(condition_state(&fixed, "ConfigReady") == Some(("True".into(), "ConfigMapCurrent".into())));
     Ok(())
