@@ -331,12 +331,16 @@ EOF
 
   # kwok manages only the nodes annotated as its own, and gives pods IPs from a
   # range apart from the Services' (10.0.0.0/16). Its stages are the defaults it
-  # ships (build.sh): a node becomes Ready and keeps a lease; a pod becomes Running
-  # and Ready at once, and goes when it is deleted.
+  # ships (build.sh): a node becomes Ready; a pod becomes Running and Ready at once,
+  # and goes when it is deleted. Those stages update a node's status only every 10
+  # minutes and leave its heartbeat to a Lease, which kwok keeps only when given a
+  # lease duration (40 s, as a kubelet's). Without one the node lifecycle controller
+  # sees no heartbeat for its 50 s grace period and marks every pod NotReady.
   start kwok \
     --kubeconfig="$STATE_DIR/kwok.kubeconfig" \
     --config="$BIN_DIR/kwok-$KWOK_VERSION-stages.yaml" \
     --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --node-lease-duration-seconds=40 \
     --cidr=10.244.0.0/16 \
     --node-ip=127.0.0.1
   for ((i = 0; i < NODES; i++)); do
@@ -356,8 +360,11 @@ metadata:
 ---
 EOF
   done | admin_kubectl apply --server-side -f - >/dev/null
-  nodes_ready() { admin_kubectl wait --for=condition=Ready --timeout=1s nodes --all; }
-  wait_for kwok "kwok to make $NODES node(s) Ready" nodes_ready
+  nodes_ready() {
+    admin_kubectl wait --for=condition=Ready --timeout=1s nodes --all &&
+      [[ "$(admin_kubectl -n kube-node-lease get leases -o name | wc -l)" -ge "$NODES" ]]
+  }
+  wait_for kwok "kwok to make $NODES node(s) Ready, each with its Lease" nodes_ready
   # Admission gives a new node the not-ready taint; the node lifecycle controller
   # lifts it once it sees the node Ready. Until then nothing is scheduled.
   nodes_untainted() { [[ -z "$(admin_kubectl get nodes -o jsonpath='{.items[*].spec.taints}')" ]]; }

@@ -336,3 +336,31 @@ async fn a_statefulset_runs_on_the_kwok_nodes_rolls_and_scales_to_zero() -> Resu
     .await?;
     Ok(())
 }
+
+/// The node lifecycle controller takes a node whose heartbeat is older than its
+/// grace period (50 s) for NotReady and marks every pod on it NotReady. kwok's
+/// default stages leave the heartbeat to the node's Lease, so kwok must renew it.
+#[tokio::test]
+async fn kwok_renews_each_nodes_lease() -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+
+    let client = cluster().await?.client()?;
+    let nodes = Api::<Node>::all(client.clone()).list(&Default::default()).await?;
+    ensure!(!nodes.items.is_empty(), "the local cluster has no node");
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    for node in &nodes.items {
+        let name = node.name_any();
+        let renewed = |lease: &Lease| lease.spec.as_ref().and_then(|s| s.renew_time.clone());
+        let first = leases.get(&name).await.with_context(|| format!("node {name} has no Lease"))?;
+        let first = renewed(&first);
+        let leases = &leases;
+        let name = &name;
+        wait_until(format!("the Lease of node {name} to be renewed"), DEFAULT_TIMEOUT, || {
+            let first = first.clone();
+            async move { Ok(leases.get(name).await.map(|l| renewed(&l))?.filter(|t| Some(t) != first.as_ref())) }
+        })
+        .await?;
+    }
+    Ok(())
+}
