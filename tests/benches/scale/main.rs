@@ -21,9 +21,20 @@
 //! are the API server's own count, all clients, the benchmark's own writes (the
 //! touch and spec patches, the delete) left out.
 //!
-//! Environment: `N`; `CONCURRENCY` (the host's `--concurrency` and the bare client's;
-//! default: the host's default, read from its `--help`); `E2E_WASM_OPERATOR` and
-//! `E2E_MODULE` as for the tests.
+//! **With pods** (`NODES=1` or more): the control plane gets the scheduler, the
+//! workload controllers and that many kwok nodes (`tests/cluster/up.sh`), so every
+//! server's pod is created, its volumes bound and the pod reported Running and Ready.
+//! Converging then means every StatefulSet rolled out (its pod ready) and, for the
+//! operator, every server in phase Running; a spec change means every pod replaced
+//! and ready again (and Running again); the garbage collector's goal includes the
+//! pods. The bare client still writes each status once: the floor is the time the
+//! cluster takes to bring up N pods behind objects written at full speed, and the
+//! operator's later status writes are part of its cost. Without `NODES` (0), nothing
+//! runs pods and converging means every StatefulSet exists.
+//!
+//! Environment: `N`; `NODES` (default 0); `CONCURRENCY` (the host's `--concurrency`
+//! and the bare client's; default: the host's default, read from its `--help`);
+//! `E2E_WASM_OPERATOR` and `E2E_MODULE` as for the tests.
 
 mod bare;
 mod fleet;
@@ -41,7 +52,7 @@ use e2e::measure::{Process, Requests, api_requests};
 use e2e::operator::artifacts;
 use e2e::private_cluster::{Component, PrivateCluster};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use serde_json::Value;
@@ -55,11 +66,12 @@ use crate::tally::Tally;
 #[tokio::main]
 async fn main() -> Result<()> {
     let sizes = sizes()?;
+    let nodes = nodes()?;
     let concurrency = concurrency().await?;
     let mut runs = Vec::new();
     for n in sizes {
-        eprintln!("scale benchmark: {n} DittoServers, concurrency {concurrency}");
-        let run = run(n, concurrency).await.with_context(|| format!("the run with N={n} failed"))?;
+        eprintln!("scale benchmark: {n} DittoServers, concurrency {concurrency}, {nodes} kwok node(s)");
+        let run = run(n, concurrency, nodes).await.with_context(|| format!("the run with N={n} failed"))?;
         report::print(&run);
         runs.push(run);
     }
@@ -80,6 +92,18 @@ fn sizes() -> Result<Vec<usize>> {
             anyhow!("N={text:?}: give a positive number of DittoServers, or a comma list of them")
         })?;
     Ok(sizes)
+}
+
+/// `NODES`: kwok nodes for the servers' pods; 0 (the default) for none.
+fn nodes() -> Result<u32> {
+    match std::env::var("NODES") {
+        Ok(text) if !text.is_empty() => text
+            .parse()
+            .ok()
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| anyhow!("NODES={text:?}: give a number of kwok nodes from 0 to 100")),
+        _ => Ok(0),
+    }
 }
 
 /// `CONCURRENCY`, or the host's default `--concurrency` as its `--help` states it.
@@ -117,17 +141,18 @@ fn phase_timeout(n: usize) -> Duration {
     Duration::from_secs(120) + Duration::from_millis(400) * u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-async fn run(n: usize, concurrency: usize) -> Result<Run> {
-    let cluster = PrivateCluster::start("scale", &[]).await?;
+async fn run(n: usize, concurrency: usize, nodes: u32) -> Result<Run> {
+    let cluster = PrivateCluster::start("scale", nodes, &[]).await?;
+    let pods = Pods(nodes > 0);
     let client = cluster.client()?;
     let control_plane = [Component::ApiServer, Component::Etcd, Component::ControllerManager]
         .into_iter()
         .map(|c| Ok(Process { name: c.name(), pid: cluster.pid(c)? }))
         .collect::<Result<Vec<_>>>()?;
     gc_warm_up(&client).await?;
-    let bare = bare_run(&cluster, &client, n, concurrency, &control_plane).await?;
-    let operator = operator_run(&cluster, &client, n, concurrency, &control_plane).await?;
-    Ok(Run { n, concurrency, bare, operator })
+    let bare = bare_run(&cluster, &client, n, concurrency, pods, &control_plane).await?;
+    let operator = operator_run(&cluster, &client, n, concurrency, pods, &control_plane).await?;
+    Ok(Run { n, concurrency, nodes, bare, operator })
 }
 
 /// Waits until the garbage collector deletes what a deleted DittoServer owned. It
@@ -177,6 +202,7 @@ async fn bare_run(
     client: &Client,
     n: usize,
     concurrency: usize,
+    pods: Pods,
     processes: &[Process],
 ) -> Result<Vec<Phase>> {
     eprintln!(" bare client");
@@ -185,7 +211,7 @@ async fn bare_run(
     let mut phases = Vec::new();
 
     let timeout = phase_timeout(n);
-    let mut goal = Converged::watch(&fleet).await?;
+    let mut goal = Converged::watch(&fleet, pods, false).await?;
     let probe = Probe::start(requests(cluster, client).await?, processes, None)?;
     bare.converge(&fleet).await?;
     let reached = goal.wait(n, timeout).await?;
@@ -193,7 +219,7 @@ async fn bare_run(
     phases.push(Phase::new("converge", cost, 0.0));
     drop(goal);
 
-    let mut goal = Rolled::watch(client, &fleet).await?;
+    let mut goal = Rolled::watch(client, &fleet, pods, false).await?;
     let probe = Probe::start(requests(cluster, client).await?, processes, None)?;
     let changed = fleet.change_spec().await?;
     bare.roll(&fleet, &changed).await?;
@@ -202,7 +228,7 @@ async fn bare_run(
     phases.push(Phase::new("spec change", cost, n as f64));
     drop(goal);
 
-    let mut goal = Gone::watch(&fleet).await?;
+    let mut goal = Gone::watch(&fleet, pods).await?;
     let probe = Probe::start(requests(cluster, client).await?, processes, None)?;
     let deleted_at = probe.started();
     let deleting = fleet.delete_all().await?;
@@ -214,45 +240,72 @@ async fn bare_run(
     Ok(phases)
 }
 
+/// Whether the servers' pods run (kwok nodes, `NODES`).
+#[derive(Debug, Clone, Copy)]
+struct Pods(bool);
+
+fn rolled_out(sts: &DynamicObject) -> bool {
+    let Ok(sts) = serde_json::from_value::<StatefulSet>(serde_json::to_value(sts).unwrap_or_default()) else {
+        return false;
+    };
+    e2e::workload::rollout_complete(&sts)
+}
+
+fn is_running(server: &DynamicObject) -> bool {
+    server.data.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+}
+
 /// The converge phase's goal: every server has the finalizer and a phase, and every
-/// StatefulSet exists.
+/// StatefulSet exists. With pods, every StatefulSet's rollout is complete, and with
+/// `running` every server is Running.
 struct Converged {
     servers: Tally,
     sets: Tally,
 }
 
 impl Converged {
-    async fn watch(fleet: &Fleet) -> Result<Self> {
-        Ok(Self {
-            servers: Tally::start("DittoServers", fleet.servers(), has_phase).await?,
-            sets: Tally::start("StatefulSets", fleet.api(&statefulsets()), |_| true).await?,
-        })
+    async fn watch(fleet: &Fleet, pods: Pods, running: bool) -> Result<Self> {
+        let servers = if pods.0 && running {
+            Tally::start("DittoServers", fleet.servers(), |s| has_phase(s) && is_running(s)).await?
+        } else {
+            Tally::start("DittoServers", fleet.servers(), has_phase).await?
+        };
+        let sets = if pods.0 {
+            Tally::start("StatefulSets", fleet.api(&statefulsets()), rolled_out).await?
+        } else {
+            Tally::start("StatefulSets", fleet.api(&statefulsets()), |_| true).await?
+        };
+        Ok(Self { servers, sets })
     }
 
     async fn wait(&mut self, n: usize, timeout: Duration) -> Result<Instant> {
         let servers = self.servers.wait("every server converged", timeout, |c| c.matching == n).await?;
-        let sets = self.sets.wait("every StatefulSet created", timeout, |c| c.present == n).await?;
+        let sets = self.sets.wait("every StatefulSet created", timeout, |c| c.matching == n).await?;
         Ok(servers.max(sets))
     }
 }
 
 /// The spec change's goal: every StatefulSet has a config hash other than now, and
-/// every server's status has observed its new generation.
+/// every server's status has observed its new generation. With pods, every
+/// StatefulSet's new pod is ready, and with `running` every server Running again.
 struct Rolled {
     sets: Tally,
     servers: Tally,
 }
 
 impl Rolled {
-    async fn watch(client: &Client, fleet: &Fleet) -> Result<Self> {
+    async fn watch(client: &Client, fleet: &Fleet, pods: Pods, running: bool) -> Result<Self> {
         let hashes = config_hashes(client, fleet.namespace()).await?;
         let sets = Tally::start("StatefulSets", fleet.api(&statefulsets()), move |sts| {
             config_hash(sts).is_some_and(|hash| hashes.get(&sts.name_any()) != Some(&hash))
+                && (!pods.0 || rolled_out(sts))
         })
         .await?;
-        let servers = Tally::start("DittoServers", fleet.servers(), |server| {
+        let servers = Tally::start("DittoServers", fleet.servers(), move |server| {
             let observed = server.data.pointer("/status/observedGeneration").and_then(Value::as_i64);
-            observed.is_some() && observed == server.metadata.generation
+            observed.is_some()
+                && observed == server.metadata.generation
+                && (!(pods.0 && running) || is_running(server))
         })
         .await?;
         Ok(Self { sets, servers })
@@ -266,18 +319,22 @@ impl Rolled {
 }
 
 /// Finalize's goal, every server gone; then the garbage collector's, every owned
-/// object gone.
+/// object gone (with pods, the pods too; their volumes stay, as the module's
+/// retention policy says).
 struct Gone {
     servers: Tally,
     owned: Vec<Tally>,
 }
 
 impl Gone {
-    async fn watch(fleet: &Fleet) -> Result<Self> {
+    async fn watch(fleet: &Fleet, pods: Pods) -> Result<Self> {
         let servers = Tally::start("DittoServers", fleet.servers(), |_| true).await?;
         let mut owned = Vec::new();
         for (what, resource) in Fleet::owned_kinds() {
             owned.push(Tally::start(what, fleet.api(&resource), |_| true).await?);
+        }
+        if pods.0 {
+            owned.push(Tally::start("Pods", fleet.api(&ApiResource::erase::<Pod>(&())), |_| true).await?);
         }
         Ok(Self { servers, owned })
     }
@@ -344,6 +401,7 @@ async fn operator_run(
     client: &Client,
     n: usize,
     concurrency: usize,
+    pods: Pods,
     control_plane: &[Process],
 ) -> Result<Vec<Phase>> {
     eprintln!(" operator");
@@ -351,8 +409,9 @@ async fn operator_run(
     let timeout = phase_timeout(n);
     let mut phases = Vec::new();
 
-    // Converge: from the host's start until every server has a phase and a StatefulSet.
-    let mut goal = Converged::watch(&fleet).await?;
+    // Converge: from the host's start until every server has a phase and a StatefulSet
+    // (with pods: until every pod is ready and every server Running).
+    let mut goal = Converged::watch(&fleet, pods, true).await?;
     let mut probe = Probe::start(requests(cluster, client).await?, control_plane, None)?;
     let options = HostOptions::new(fleet.namespace(), "scale")
         .args(["--concurrency".to_owned(), concurrency.to_string()]);
@@ -376,7 +435,7 @@ async fn operator_run(
     phases.push(with_host(Phase::new("touch", cost, n as f64), &host, before).await?);
 
     // Spec change: every StatefulSet rolled to a new config hash, every status observed.
-    let mut goal = Rolled::watch(client, &fleet).await?;
+    let mut goal = Rolled::watch(client, &fleet, pods, true).await?;
     let before = activity(&host).await?;
     let probe = Probe::start(requests(cluster, client).await?, &processes, Some(host.pid()))?;
     fleet.change_spec().await?;
@@ -387,7 +446,7 @@ async fn operator_run(
     drop(goal);
 
     // Finalize: from the delete until every server is gone; then the garbage collector.
-    let mut goal = Gone::watch(&fleet).await?;
+    let mut goal = Gone::watch(&fleet, pods).await?;
     let before = activity(&host).await?;
     let probe = Probe::start(requests(cluster, client).await?, &processes, Some(host.pid()))?;
     let deleted_at = probe.started();

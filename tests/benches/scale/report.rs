@@ -42,6 +42,8 @@ pub struct Run {
     pub n: usize,
     /// The host's `--concurrency`, and the bare client's.
     pub concurrency: usize,
+    /// kwok nodes running the servers' pods (0: no pods).
+    pub nodes: u32,
     /// The bare client's phases.
     pub bare: Vec<Phase>,
     /// The operator's phases.
@@ -86,8 +88,10 @@ fn or_dash(value: Option<String>) -> String {
 pub fn print(run: &Run) {
     let n = run.n as f64;
     println!();
+    let pods =
+        if run.nodes > 0 { format!("pods on {} kwok node(s)", run.nodes) } else { "no pods".to_owned() };
     println!(
-        "scale: {} DittoServers, concurrency {} (operator against the bare client)",
+        "scale: {} DittoServers, concurrency {}, {pods} (operator against the bare client)",
         run.n, run.concurrency
     );
     println!(
