@@ -30,6 +30,7 @@ pub mod objects;
 pub mod operator;
 pub mod private_cluster;
 pub mod record;
+pub mod registry;
 pub mod wait;
 pub mod workload;
 
