@@ -97,11 +97,18 @@ impl Kubectl {
 /// The overlay's kustomization: everything into `namespace`, `-<suffix>` appended to
 /// every name. The suffix is quoted: a hex suffix may read as a YAML number
 /// (`-7852361453681`, `-12e45`), which kustomize rejects as a name suffix.
-fn kustomization(namespace: &str, suffix: &str) -> String {
-    format!(
+fn kustomization(namespace: &str, suffix: &str, components: &[&str]) -> String {
+    let mut text = format!(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
          namespace: {namespace}\nnameSuffix: \"-{suffix}\"\nresources:\n  - ../../../deploy\n"
-    )
+    );
+    if !components.is_empty() {
+        text.push_str("components:\n");
+        for component in components {
+            text.push_str(&format!("  - ../../../deploy/components/{component}\n"));
+        }
+    }
+    text
 }
 
 /// `deploy/` rendered into one test namespace.
@@ -117,12 +124,18 @@ impl Deployment {
     /// Writes an overlay of `deploy/` that puts everything into `namespace` (which
     /// the test has created) and appends a unique `-<suffix>` to every name.
     pub fn overlay(cluster: &Cluster, namespace: &str) -> Result<Self> {
+        Self::overlay_with(cluster, namespace, &[])
+    }
+
+    /// [`Deployment::overlay`] with the kustomize components of
+    /// `deploy/components/` named in `components` (e.g. `oci`).
+    pub fn overlay_with(cluster: &Cluster, namespace: &str, components: &[&str]) -> Result<Self> {
         // The namespace names are unique already; their last part is unique enough.
         let suffix = namespace.rsplit('-').next().unwrap_or(namespace).to_owned();
         // Kustomize takes the base by relative path, from inside the repository.
         let overlay = repo_root().join("target/e2e-deploy").join(namespace);
         std::fs::create_dir_all(&overlay).with_context(|| format!("cannot create {}", overlay.display()))?;
-        std::fs::write(overlay.join("kustomization.yaml"), kustomization(namespace, &suffix))
+        std::fs::write(overlay.join("kustomization.yaml"), kustomization(namespace, &suffix, components))
             .with_context(|| format!("cannot write the overlay in {}", overlay.display()))?;
         Ok(Self { namespace: namespace.to_owned(), suffix, overlay, config: cluster.config().clone() })
     }
@@ -330,7 +343,7 @@ mod tests {
     fn the_name_suffix_stays_a_string_whatever_its_digits() {
         for suffix in ["7852361453681", "12e45", "a1b2"] {
             let yaml: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str(&kustomization("e2e-x", suffix)).expect("YAML");
+                serde_yaml_ng::from_str(&kustomization("e2e-x", suffix, &[])).expect("YAML");
             assert_eq!(yaml["nameSuffix"].as_str(), Some(format!("-{suffix}").as_str()), "{suffix}");
         }
     }

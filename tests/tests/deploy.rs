@@ -215,6 +215,47 @@ async fn the_manifests_pass_a_server_dry_run_then_apply() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn the_oci_component_follows_a_registry_with_a_public_key_and_passes_a_server_dry_run() -> Result<()> {
+    let cluster = cluster().await?;
+    let ns = TestNamespace::create(cluster, "deploy-oci").await?;
+    let kubectl = Kubectl::new(cluster);
+    let deployment = Deployment::overlay_with(cluster, ns.name(), &["oci"])?;
+    let rendered = deployment.render(&kubectl)?;
+    let operator = rendered.iter().find(|o| o["kind"] == "Deployment").context("no Deployment rendered")?;
+    let container = &operator["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> =
+        container["args"].as_array().context("args")?.iter().filter_map(Value::as_str).collect();
+    ensure!(args.iter().any(|a| a.starts_with("--module=oci://")), "args {args:?}");
+    ensure!(!args.iter().any(|a| a.starts_with("--module=/")), "the file source is still there: {args:?}");
+    let key_flag =
+        args.iter().find_map(|a| a.strip_prefix("--module-public-key=")).context("no --module-public-key")?;
+    let mounts = container["volumeMounts"].as_array().context("volumeMounts")?;
+    let keys_mount = mounts
+        .iter()
+        .find(|m| key_flag.starts_with(m["mountPath"].as_str().unwrap_or("?")))
+        .context("the public key's directory is not mounted")?;
+    let volumes = operator["spec"]["template"]["spec"]["volumes"].as_array().context("volumes")?;
+    let keys_volume = volumes.iter().find(|v| v["name"] == keys_mount["name"]).context("no keys volume")?;
+    // Not one of deploy/'s objects, so the overlay's suffix does not rename it: the
+    // administrator creates it under this name.
+    let keys = "wasm-operator-module-keys";
+    ensure!(keys_volume["configMap"]["name"] == keys, "the key does not come from {keys}: {keys_volume}");
+    // The key's ConfigMap, as the component says to create it, and a server dry run.
+    kubectl.run([
+        "-n",
+        ns.name(),
+        "create",
+        "configmap",
+        keys,
+        "--from-literal=module-signing.pub=placeholder",
+    ])?;
+    let dry = deployment.apply(&kubectl, &["--dry-run=server"])?;
+    let stderr = String::from_utf8_lossy(&dry.stderr);
+    ensure!(!stderr.contains("Warning"), "the dry run warned:\n{stderr}");
+    Ok(())
+}
+
 /// Whether `client`'s identity may `verb` `resource` (`resource/subresource` for a subresource) of
 /// `group` in `namespace`, by SelfSubjectAccessReview.
 async fn allowed(client: &Client, group: &str, resource: &str, verb: &str, namespace: &str) -> Result<bool> {
