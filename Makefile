@@ -38,9 +38,10 @@ run: build ## Build, start the local control plane (unless KUBECONFIG is set), r
 	scripts/run.sh
 
 .PHONY: test
-test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime, Node), host, end to end
+test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime, Node), host, end to end (with a local OCI registry)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-guest
+	tests/registry/build.sh
 	scripts/with-cluster.sh $(CARGO) test --workspace --exclude dittofs-reconciler
 
 # Each part of the project keeps its targets beside its code.
@@ -48,4 +49,5 @@ test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime
 -include host/host.mk
 -include tests/tests.mk
 -include tests/cluster/cluster.mk
+-include tests/registry/registry.mk
 -include deploy/deploy.mk

@@ -53,7 +53,7 @@ async fn bench() -> Result<()> {
     let ns = e2e::TestNamespace::create(cluster, "bench-swap").await?;
     let source =
         ConfigMapSource { namespace: ns.name().into(), name: "module".into(), key: "module.wasm".into() };
-    source.upload(&client, compressed[0].clone(), "bench").await?;
+    source.upload(&client, compressed[0].clone(), None, "bench").await?;
     let sandbox = SandboxConfig {
         limits: SandboxLimits { deadline: Duration::from_millis(250), ..SandboxLimits::default() },
         cache: ModuleCache::Dir(root.join("target/bench-module-cache")),
@@ -76,7 +76,7 @@ async fn bench() -> Result<()> {
     // Warm up: both versions compiled once into the on-disk cache, as they would be
     // after their first upload.
     for i in [1, 0] {
-        source.upload(&client, compressed[i].clone(), "bench").await?;
+        source.upload(&client, compressed[i].clone(), None, "bench").await?;
         wait_active(&op, &digests[i]).await?;
     }
 
@@ -84,7 +84,7 @@ async fn bench() -> Result<()> {
     for n in 0..SWAPS {
         let i = (n + 1) % 2;
         let started = Instant::now();
-        source.upload(&client, compressed[i].clone(), "bench").await?;
+        source.upload(&client, compressed[i].clone(), None, "bench").await?;
         wait_active(&op, &digests[i]).await?;
         let elapsed = started.elapsed();
         println!(

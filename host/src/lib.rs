@@ -23,7 +23,8 @@
 //!   Security, outcome caps), confinement of actions and requirements, and
 //!   least-privilege RBAC derived from a manifest.
 //! - `execute/`: actions as API requests.
-//! - `lifecycle/`: where modules come from (file, ConfigMap) and the hot swap.
+//! - `lifecycle/`: where modules come from (file, ConfigMap, OCI registry), whom the administrator
+//!   trusts to sign them ([`TrustPolicy`]), and the hot swap.
 //! - `observe/`: metrics and the HTTP endpoints.
 //! - `operator/`: everything wired together ([`RunningOperator`]).
 //! - `cli/`: the command line, the only place that knows clap; `main.rs` calls
@@ -55,10 +56,15 @@ pub use cluster::{
 pub use control::{Backoff, CaptureError, LeaseConfig, capture};
 pub use error::{error_chain, one_line};
 pub use execute::{ActionError, Executor};
+pub use lifecycle::oci::{OciError, Registry};
+pub use lifecycle::trust::{ModuleSigner, PinnedDigest, TrustedKey, Untrusted};
 pub use lifecycle::{
-    ConfigMapSource, LoadFileError, ModuleSource, SourceError, compress_for_configmap, load_module,
+    ConfigMapSource, LoadFileError, ModuleSource, OciReference, OciSource, RegistryConfig, SignatureLocation,
+    SourceError, TrustPolicy, compress_for_configmap, load_module,
 };
-pub use module::{ActiveModule, LoadedModuleInfo, Module, ModuleCallError, ModuleRejection, WasmModule};
+pub use module::{
+    AcceptedModule, ActiveModule, LoadedModuleInfo, Module, ModuleCallError, ModuleRejection, WasmModule,
+};
 pub use observe::{ActionLabels, Metrics, ModuleLabels, OpLabels, ResultLabels};
 pub use operator::{OperatorConfig, RunningOperator, StartError, start_from_source};
 pub use policy::{

@@ -31,14 +31,12 @@ use anyhow::{Context as _, Result, bail};
 use e2e::build::build_command;
 use e2e::converge::{Percona, Servers};
 use e2e::dittofs::{dittoservers, percona_clusters};
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use operator_support::*;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -49,58 +47,10 @@ use wasm_operator::{
     compress_for_configmap, start_from_source,
 };
 
-const DITTO_FINALIZER: &str = "dittofs.dittofs.com/finalizer";
-const DITTO_OWNER_LABEL: &str = "dittofs.dittofs.com/server";
-const V2_ANNOTATION: &str = "dittofs.dittofs.com/module-generation";
 const CONFIGMAP: &str = "module";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn run_build(mut command: Command, what: &str) -> std::result::Result<(), String> {
-    let status = command.status().map_err(|e| format!("cannot run {what}: {e}"))?;
-    if !status.success() {
-        return Err(format!("{what} failed ({status})"));
-    }
-    Ok(())
-}
-
-/// Both builds of the DittoFS module (v1, v2), or why they are missing.
-type Builds = std::result::Result<(Vec<u8>, Vec<u8>), String>;
-
-static DITTOFS: OnceCell<Builds> = OnceCell::const_new();
-
-/// Name prebuilt DittoFS modules (v1 and v2) instead of building them.
-const V1_ENV: &str = "HOT_SWAP_MODULE_V1";
-const V2_ENV: &str = "HOT_SWAP_MODULE_V2";
-
-/// The DittoFS module and its v2 build (`make wasm wasm-v2`, once per test process,
-/// unless `HOT_SWAP_MODULE_V1` and `HOT_SWAP_MODULE_V2` name prebuilt files).
-async fn dittofs_modules() -> Result<(Vec<u8>, Vec<u8>)> {
-    DITTOFS
-        .get_or_init(|| async {
-            tokio::task::spawn_blocking(|| {
-                if let (Some(v1), Some(v2)) = (std::env::var_os(V1_ENV), std::env::var_os(V2_ENV)) {
-                    let read =
-                        |path: &std::ffi::OsStr| std::fs::read(path).map_err(|e| format!("{path:?}: {e}"));
-                    return Ok((read(&v1)?, read(&v2)?));
-                }
-                let mut make = build_command("make");
-                make.args(["--no-print-directory", "--quiet", "wasm", "wasm-v2"]);
-                run_build(make, "make wasm wasm-v2")?;
-                let read = |name: &str| {
-                    std::fs::read(repo_root().join("target/modules").join(name))
-                        .map_err(|e| format!("{name}: {e}"))
-                };
-                Ok((read("dittofs-reconciler.wasm")?, read("dittofs-reconciler-v2.wasm")?))
-            })
-            .await
-            .map_err(|e| e.to_string())?
-        })
-        .await
-        .clone()
-        .map_err(|e| anyhow::anyhow!(e))
 }
 
 static MIRROR_SERVICES: OnceCell<std::result::Result<Vec<u8>, String>> = OnceCell::const_new();
@@ -173,13 +123,13 @@ fn source(namespace: &str) -> ConfigMapSource {
 /// Uploads `module` to the test's ConfigMap, gzip-compressed as `module push` does.
 async fn push(client: &Client, namespace: &str, module: &[u8]) -> Result<()> {
     let compressed = compress_for_configmap(module)?;
-    source(namespace).upload(client, compressed, "e2e-push").await?;
+    source(namespace).upload(client, compressed, None, "e2e-push").await?;
     Ok(())
 }
 
 /// Uploads bytes as they are (for candidates `module push` would refuse).
 async fn push_raw(client: &Client, namespace: &str, bytes: Vec<u8>) -> Result<()> {
-    source(namespace).upload(client, bytes, "e2e-push").await?;
+    source(namespace).upload(client, bytes, None, "e2e-push").await?;
     Ok(())
 }
 
@@ -239,45 +189,6 @@ async fn create_server(
     percona: Percona,
 ) -> Result<DynamicObject> {
     Servers::new(client.clone(), namespace).create(name, percona).await
-}
-
-/// Whether `name` is converged: finalizer, phase Pending or Running (the local
-/// cluster's fake nodes may already have made its pod ready), and its StatefulSet,
-/// ConfigMap and Services exist. Returns its owned objects' annotations
-/// of `V2_ANNOTATION` (one entry per object).
-async fn converged(client: &Client, namespace: &str, name: &str) -> Result<Option<Vec<Option<String>>>> {
-    let servers: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &dittoservers());
-    let Some(server) = servers.get_opt(name).await? else { return Ok(None) };
-    let finalized = server.finalizers().iter().any(|f| f == DITTO_FINALIZER);
-    let phase = server.data.pointer("/status/phase").and_then(Value::as_str);
-    if !finalized || !matches!(phase, Some("Pending" | "Running")) {
-        return Ok(None);
-    }
-    let selector = ListParams::default().labels(&format!("{DITTO_OWNER_LABEL}={name}"));
-    let sts = Api::<StatefulSet>::namespaced(client.clone(), namespace).list(&selector).await?.items;
-    let cms = Api::<ConfigMap>::namespaced(client.clone(), namespace).list(&selector).await?.items;
-    let svcs = Api::<Service>::namespaced(client.clone(), namespace).list(&selector).await?.items;
-    if sts.is_empty() || cms.is_empty() || svcs.is_empty() {
-        return Ok(None);
-    }
-    let marks = sts
-        .iter()
-        .map(|o| o.annotations().get(V2_ANNOTATION).cloned())
-        .chain(cms.iter().map(|o| o.annotations().get(V2_ANNOTATION).cloned()))
-        .chain(svcs.iter().map(|o| o.annotations().get(V2_ANNOTATION).cloned()))
-        .collect();
-    Ok(Some(marks))
-}
-
-async fn wait_converged(client: &Client, namespace: &str, name: &str, v2: bool) -> Result<()> {
-    let want = v2.then(|| "v2".to_owned());
-    eventually(&format!("DittoServer {name} to converge ({})", if v2 { "v2" } else { "v1" }), || async {
-        Ok(converged(client, namespace, name)
-            .await?
-            .filter(|marks| marks.iter().all(|m| *m == want))
-            .map(drop))
-    })
-    .await
 }
 
 /// The Warning `ModuleRejected` events on the module ConfigMap, as notes.

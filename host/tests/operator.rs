@@ -683,7 +683,7 @@ async fn wat_fixture(name: &str) -> Result<Arc<wasm_operator::WasmModule>> {
         cache: ModuleCache::Disabled,
         ..SandboxConfig::default()
     };
-    Ok(wasm_operator::load_module(&path, &sandbox, 2).await?)
+    Ok(wasm_operator::load_module(&path, &sandbox, 2, &wasm_operator::TrustPolicy::default()).await?)
 }
 
 #[tokio::test]

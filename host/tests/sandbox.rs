@@ -417,7 +417,7 @@ async fn swapping_the_active_module_leaves_calls_in_flight_on_the_old_one() {
     let caller = ModuleCaller::new(1);
     let active = ActiveModule::new(Arc::new(WasmModule::new(old.clone(), caller.clone())));
     let in_flight = active.current();
-    let stored = active.store_from(Arc::new(WasmModule::new(new.clone(), caller)), None);
+    let stored = active.store_from(Arc::new(WasmModule::new(new.clone(), caller)), None, None);
     assert_eq!(in_flight.module.digest(), old.digest());
     assert_eq!(active.current().module.digest(), new.digest());
     assert_eq!(stored.module.digest(), new.digest());

@@ -1,7 +1,8 @@
 //! The subcommands' flags, and their conversion into the library's plain
 //! configuration types. Nothing outside `cli/` sees these structs.
 
-use crate::lifecycle::ConfigMapSource;
+use crate::lifecycle::trust::{KeyError, PinnedDigest, TrustPolicy, TrustedKey};
+use crate::lifecycle::{ConfigMapSource, OciReference, RegistryConfig, SignatureLocation};
 use crate::policy::{
     AdminPolicy, GroupKind, OutcomeLimits, PodSecurityLevel, WorkloadPolicy, WriteBudgetConfig,
 };
@@ -13,11 +14,25 @@ use std::time::Duration;
 
 /// `wasm-operator module push`.
 #[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("destination").required(true).args(["configmap", "oci"]))]
 pub struct PushArgs {
     /// The ConfigMap and key to upload to, as NAMESPACE/NAME[:KEY] (key default
     /// `module.wasm`); created if missing.
     #[arg(long, value_name = "NS/NAME[:KEY]")]
-    pub configmap: ConfigMapSource,
+    pub configmap: Option<ConfigMapSource>,
+    /// Push to a registry instead, as REGISTRY/REPOSITORY:TAG (`oci://` optional), in
+    /// the CNCF Wasm OCI artifact layout (config application/vnd.wasm.config.v0+json,
+    /// one application/wasm layer), with the signature beside it (`--oci-signature`).
+    #[arg(long, value_name = "REGISTRY/REPO:TAG", value_parser = parse_push_reference, conflicts_with = "configmap")]
+    pub oci: Option<OciReference>,
+    /// Where a registry gets the signature: as a referrer of the module's manifest
+    /// (OCI 1.1), at cosign's tag `sha256-<hex>.sig`, or both (one manifest, found
+    /// either way).
+    #[arg(long, value_enum, default_value_t = OciSignature::Both, value_name = "WHERE")]
+    pub oci_signature: OciSignature,
+    /// How to reach the registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// The module (a `.wasm` file).
     #[arg(value_name = "FILE.wasm")]
     pub file: PathBuf,
@@ -27,9 +42,129 @@ pub struct PushArgs {
     /// The field manager of the server-side apply.
     #[arg(long, default_value = "wasm-operator-push", value_name = "NAME")]
     pub field_manager: String,
+    /// The module's signature (`module sign`, `cosign sign-blob`), uploaded beside the
+    /// module: to the ConfigMap key `<KEY>.sig`, or to the registry (`--oci-signature`).
+    /// Default: `FILE.wasm.sig` when it exists. Without one, a signature an earlier push
+    /// left in the ConfigMap is removed.
+    #[arg(long, value_name = "FILE.sig")]
+    pub signature: Option<PathBuf>,
+    /// Check the module against the operator's trust policy before uploading: the
+    /// same `--module-public-key` and `--module-digest` flags as `run`.
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Limits of the module sandbox; use the operator's.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// `--oci-signature`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OciSignature {
+    /// A referrer of the module's manifest.
+    Referrer,
+    /// cosign's tag `sha256-<hex>.sig`.
+    Tag,
+    /// Both.
+    Both,
+}
+
+impl OciSignature {
+    /// The library's value.
+    pub fn location(self) -> SignatureLocation {
+        match self {
+            Self::Referrer => SignatureLocation::Referrer,
+            Self::Tag => SignatureLocation::Tag,
+            Self::Both => SignatureLocation::Both,
+        }
+    }
+}
+
+/// `--oci`: a reference with or without `oci://`.
+fn parse_push_reference(text: &str) -> Result<OciReference, String> {
+    let full = if text.starts_with("oci://") { text.to_owned() } else { format!("oci://{text}") };
+    full.parse().map_err(|err: crate::lifecycle::oci::OciError| err.to_string())
+}
+
+/// How registries are reached (`--module oci://…`, `module push --oci`).
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// A Docker config file (`config.json`, e.g. a mounted
+    /// kubernetes.io/dockerconfigjson Secret's `.dockerconfigjson`) with credentials
+    /// for the registry: `auth` (base64 user:password), `username` and `password`, or
+    /// `registrytoken` (a bearer token). Anonymous without it.
+    #[arg(long, value_name = "PATH", env = "WASM_OPERATOR_REGISTRY_CONFIG")]
+    pub registry_config: Option<PathBuf>,
+    /// Speak plain HTTP to this registry (HOST[:PORT]), e.g. one on loopback.
+    /// Repeatable. Every other registry is HTTPS, checked against the system's roots.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// The library's registry configuration.
+    pub fn config(&self) -> RegistryConfig {
+        RegistryConfig {
+            insecure: self.insecure_registries.clone(),
+            credentials: self.registry_config.clone(),
+        }
+    }
+}
+
+/// Which modules are trusted: signed by one of the keys, with one of the digests.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// Accept only modules signed by this ECDSA P-256 public key (PEM, as `cosign
+    /// generate-key-pair` or `openssl pkey -pubout` write it; the signature as
+    /// `cosign sign-blob` or `module sign` make it, in `MODULE.sig` or the ConfigMap
+    /// key `<KEY>.sig`). Repeatable: any one of the keys will do. Checked before a
+    /// module is compiled, for every module, the first one included.
+    #[arg(long = "module-public-key", value_name = "PEM")]
+    pub public_keys: Vec<PathBuf>,
+    /// Accept only the module with this digest (`sha256:<hex>`, as `/module` and
+    /// `module sign` show it). Repeatable: an allowlist. With keys, a module must be
+    /// both signed and pinned.
+    #[arg(long = "module-digest", value_name = "sha256:HEX", value_parser = clap::value_parser!(PinnedDigest))]
+    pub digests: Vec<PinnedDigest>,
+}
+
+impl TrustArgs {
+    /// The trust policy: the keys read from their files.
+    pub fn policy(&self) -> Result<TrustPolicy, KeyError> {
+        let keys = self.public_keys.iter().map(|path| TrustedKey::read(path)).collect::<Result<_, _>>()?;
+        Ok(TrustPolicy::new(keys, self.digests.clone()))
+    }
+}
+
+/// `wasm-operator module sign`.
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// The private key: ECDSA P-256, unencrypted PEM (PKCS#8 or SEC1, as `openssl
+    /// genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes it). For a
+    /// cosign key, use `cosign sign-blob --key cosign.key` instead: the signatures are
+    /// the same kind.
+    #[arg(long, value_name = "KEY.pem")]
+    pub key: PathBuf,
+    /// The module (`.wasm`, gzip allowed: the signature covers the uncompressed module).
+    #[arg(value_name = "FILE.wasm")]
+    pub file: PathBuf,
+    /// Where to write the signature. Default: `FILE.wasm.sig`, where the operator's
+    /// file source and `module push` look for it.
+    #[arg(long, short, value_name = "FILE.sig")]
+    pub output: Option<PathBuf>,
+}
+
+/// `wasm-operator module verify`.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The module (`.wasm`, gzip allowed).
+    #[arg(value_name = "FILE.wasm")]
+    pub file: PathBuf,
+    /// The signature. Default: `FILE.wasm.sig`.
+    #[arg(value_name = "FILE.sig")]
+    pub signature: Option<PathBuf>,
+    /// The keys and digests to check against, as `run` takes them; at least one.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// The sandbox every module call runs in.
@@ -76,12 +211,22 @@ pub struct SandboxArgs {
 #[derive(Debug, Clone, Args)]
 #[command(group = clap::ArgGroup::new("module_source").required(true).args(["module", "module_configmap"]))]
 pub struct RunArgs {
-    /// The module to run (a `.wasm` file, gzip allowed). The file is watched (polled
+    /// The module to run: a `.wasm` file (gzip allowed), or `oci://REGISTRY/REPO:TAG`
+    /// (or `@sha256:<manifest digest>`) in a registry. The file is watched (polled
     /// every second, following symlinks, so a mounted ConfigMap's atomic update is
-    /// seen): a new version is validated and swapped in without a restart, a bad one
-    /// refused while the running one keeps serving. It must be valid at start.
-    #[arg(long, value_name = "PATH", env = "WASM_OPERATOR_MODULE")]
+    /// seen), a tag is polled every `--module-poll-interval`: a new version is
+    /// validated and swapped in without a restart, a bad one refused while the running
+    /// one keeps serving. A file must be valid at start; a registry is waited for (or
+    /// the last good module used). Pinning a digest is how to roll back.
+    #[arg(long, value_name = "PATH|oci://REF", env = "WASM_OPERATOR_MODULE")]
     pub module: Option<PathBuf>,
+    /// How often an `oci://` tag is resolved again, in seconds; a registry that fails
+    /// is tried again sooner, from one second doubling to this (at least 60).
+    #[arg(long = "module-poll-interval", default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub module_poll_interval_seconds: u64,
+    /// How to reach the module's registry.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Load the module from a ConfigMap key instead, as NAMESPACE/NAME[:KEY] (key
     /// default `module.wasm`; binaryData, gzip allowed; `module push` uploads
     /// there). The ConfigMap is watched through the API: a new version is validated
@@ -142,6 +287,9 @@ pub struct RunArgs {
     /// What any module may do, whatever its manifest asks for.
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Which modules are trusted.
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 /// The administrator's policy: what any module may do. A manifest can ask for less,

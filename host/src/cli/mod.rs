@@ -12,7 +12,10 @@ mod rbac;
 mod run;
 mod snapshot;
 
-use args::{AdmissionArgs, ManifestArgs, PushArgs, RbacArgs, ReconcileArgs, RunArgs, SnapshotArgs};
+use args::{
+    AdmissionArgs, ManifestArgs, PushArgs, RbacArgs, ReconcileArgs, RunArgs, SignArgs, SnapshotArgs,
+    VerifyArgs,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use failure::Failure;
 use std::process::ExitCode;
@@ -38,7 +41,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator against a cluster (KUBECONFIG, or the in-cluster config).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Reconcile one snapshot offline and print the module's Outcome JSON (dry run and
     /// replay). Exit status 0 for a valid Outcome (an `error` outcome included), 1 when
     /// the module fails or is rejected, 2 when the module or snapshot cannot be read.
@@ -65,17 +68,32 @@ pub enum Command {
 /// `wasm-operator module ...`.
 #[derive(Debug, Subcommand)]
 pub enum ModuleCommand {
-    /// Validate a module locally and upload it, gzip-compressed, to the ConfigMap a
-    /// running operator follows (`run --module-configmap`); the operator swaps to it
-    /// without a restart.
+    /// Validate a module locally and upload it, with its signature, to the ConfigMap
+    /// (`--configmap`, gzip-compressed) or the registry tag (`--oci`) a running
+    /// operator follows; the operator swaps to it without a restart.
     ///
     /// The module passes the same checks the operator runs before a swap (no
     /// imports, ABI 1, manifest, compiles, a smoke reconcile within the deadline,
-    /// with the same sandbox limits); a module that fails them, or that does not fit
-    /// a ConfigMap after compression (about 960 KiB), is refused and nothing is
-    /// uploaded. The key is server-side applied; other keys are left alone.
-    /// Exit status: 0 uploaded, 1 refused, 2 could not try (file, cluster).
-    Push(PushArgs),
+    /// with the same sandbox limits, and the trust policy when keys or digests are
+    /// given); a module that fails them, or that does not fit a ConfigMap after
+    /// compression (about 960 KiB), is refused and nothing is uploaded. Its signature
+    /// (`--signature`, default `FILE.wasm.sig` when it exists) goes to the key
+    /// `<KEY>.sig` in the same request, or beside the module in the registry
+    /// (`--oci-signature`). ConfigMap keys are server-side applied; other keys are
+    /// left alone. Exit status: 0 uploaded, 1 refused, 2 could not try (file,
+    /// cluster, registry).
+    Push(Box<PushArgs>),
+    /// Sign a module for operators run with `--module-public-key`: an ECDSA P-256
+    /// signature over the uncompressed module's SHA-256, base64, as `cosign sign-blob`
+    /// makes it, written to `FILE.wasm.sig` (or `--output`). Make a key with `openssl
+    /// genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out key.pem` and its
+    /// public half with `openssl pkey -in key.pem -pubout -out key.pub`.
+    /// Exit status: 0 signed, 1 the module does not decode, 2 could not try.
+    Sign(SignArgs),
+    /// Check a module and its signature offline, as `run --module-public-key` and
+    /// `--module-digest` would. Exit status: 0 trusted, 1 not trusted (unsigned,
+    /// another key's or another module's signature, not pinned), 2 could not try.
+    Verify(VerifyArgs),
 }
 
 /// Log output formats.
@@ -94,11 +112,13 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Reconcile(args) => offline::reconcile(&args),
         Command::Manifest(args) => offline::manifest(&args),
-        Command::Run(args) => in_runtime(run::run(args)),
+        Command::Run(args) => in_runtime(run::run(*args)),
         Command::Snapshot(args) => in_runtime(snapshot::snapshot(args)),
         Command::Rbac(args) => rbac::rbac(&args),
         Command::AdmissionPolicy(args) => admission::admission_policy(&args),
         Command::Module(ModuleCommand::Push(args)) => module::push(&args),
+        Command::Module(ModuleCommand::Sign(args)) => module::sign(&args),
+        Command::Module(ModuleCommand::Verify(args)) => module::verify(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

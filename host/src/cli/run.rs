@@ -4,7 +4,7 @@
 use super::args::RunArgs;
 use super::failure::Failure;
 use crate::control::{Backoff, LeaseConfig};
-use crate::lifecycle::{ModuleSource, load_module};
+use crate::lifecycle::{ModuleSource, OciSource, load_module};
 use crate::{OperatorConfig, Scope, connect, start_from_source};
 use std::time::{Duration, SystemTime};
 
@@ -14,15 +14,31 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let sandbox = args.sandbox.config(concurrency);
     let source = match (&args.module, &args.module_configmap) {
         (_, Some(cm)) => ModuleSource::ConfigMap(cm.clone()),
-        (Some(path), None) => ModuleSource::File(path.clone()),
+        (Some(path), None) => match path.to_str().filter(|text| text.starts_with("oci://")) {
+            Some(text) => ModuleSource::Oci(OciSource {
+                reference: text.parse().map_err(|err| Failure::cannot_run_with(None, &err))?,
+                poll_interval: Duration::from_secs(args.module_poll_interval_seconds),
+                registry: args.registry.config(),
+            }),
+            None => ModuleSource::File(path.clone()),
+        },
         (None, None) => {
             return Err(Failure::cannot_run("one of --module and --module-configmap is required"));
         }
     };
+    let trust = args.trust.policy().map_err(|err| Failure::cannot_run_with(None, &err))?;
+    for key in trust.keys() {
+        tracing::info!(key = %key.name(), fingerprint = %key.fingerprint(), "modules must be signed by this key (or another given)");
+    }
+    if !trust.digests().is_empty() {
+        let pinned: Vec<String> = trust.digests().iter().map(ToString::to_string).collect();
+        tracing::info!(digests = %pinned.join(","), "only these module digests are accepted");
+    }
     if let ModuleSource::File(path) = &source {
-        // Fail before connecting when the file is bad.
-        let module =
-            load_module(path, &sandbox, concurrency).await.map_err(|err| Failure::failed_with(None, &err))?;
+        // Fail before connecting when the file is bad or not trusted.
+        let module = load_module(path, &sandbox, concurrency, &trust)
+            .await
+            .map_err(|err| Failure::failed_with(None, &err))?;
         let manifest = crate::Module::manifest(module.as_ref());
         tracing::info!(name = %manifest.name, version = %manifest.version, digest = %crate::Module::digest(module.as_ref()), "module valid");
     }
@@ -50,6 +66,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         stall_timeout: Duration::from_secs(args.stall_timeout_seconds),
         sync_timeout: Duration::from_secs(args.sync_timeout_seconds),
         drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
+        trust,
     };
     let operator = tokio::select! {
         operator = start_from_source(client, &server, &source, &sandbox, config) => {

@@ -3,7 +3,7 @@
 
 use super::args::SnapshotArgs;
 use super::failure::Failure;
-use crate::lifecycle::load_module;
+use crate::lifecycle::{TrustPolicy, load_module};
 use crate::{ObjectKey, capture, connect};
 
 /// `wasm-operator snapshot`.
@@ -16,7 +16,8 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), Failure> {
             Failure::cannot_run(format_args!("invalid object {:?}: expected NAMESPACE/NAME", args.object))
         })?;
     let key = ObjectKey::new(namespace, name);
-    let module = load_module(&args.module, &args.sandbox.config(1), 1)
+    // Nothing the module returns is applied here, so it need not be a trusted one.
+    let module = load_module(&args.module, &args.sandbox.config(1), 1, &TrustPolicy::default())
         .await
         .map_err(|err| Failure::failed_with(None, &err))?;
     let (client, server) = connect().await.map_err(|err| Failure::failed_with(None, &err))?;

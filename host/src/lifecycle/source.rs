@@ -1,6 +1,7 @@
-//! Where modules come from: a file (`--module PATH`) or a ConfigMap key
-//! (`--module-configmap NS/NAME[:KEY]`), each watched for new versions (docs/abi.md,
-//! *Hot swap acceptance checks*).
+//! Where modules come from: a file (`--module PATH`), a ConfigMap key
+//! (`--module-configmap NS/NAME[:KEY]`) or a registry (`--module oci://…`, in
+//! [`super::oci`]), each watched for new versions (docs/abi.md, *Hot swap acceptance
+//! checks*).
 //!
 //! A source task publishes the source's latest state on a `tokio::sync::watch`
 //! channel ([`SourceState`]): intermediate versions that arrive while the swapper is
@@ -18,7 +19,15 @@
 //!
 //! Payloads may be gzip-compressed (detected by the gzip magic, see [`decode`]),
 //! which is what `wasm-operator module push` uploads: a ConfigMap holds at most 1 MiB.
+//!
+//! Each payload carries the module's signature when there is one
+//! ([`super::trust`]): the file `PATH.sig` beside a module file (a change of either
+//! is a new version), the key `<KEY>.sig` (in `binaryData` or `data`) beside a
+//! ConfigMap's module key.
 
+use super::oci::{OciError, OciSource, Registry, follow_oci};
+use super::trust::{MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX, signature_path};
+use crate::runtime::digest;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
@@ -26,6 +35,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -139,15 +149,28 @@ impl ConfigMapSource {
         Api::namespaced(client.clone(), &self.namespace)
     }
 
-    /// Server-side applies `bytes` (as given: compress first) to the key, as
-    /// `field_manager`, creating the ConfigMap if needed. Other keys are left alone.
-    /// Returns the ConfigMap's new resourceVersion.
+    /// The key of the module's signature: `<KEY>.sig`.
+    pub fn signature_key(&self) -> String {
+        format!("{}{SIGNATURE_SUFFIX}", self.key)
+    }
+
+    /// Server-side applies `bytes` (as given: compress first) to the key and
+    /// `signature` to `<KEY>.sig` (in `data`: it is text), in one request, as
+    /// `field_manager`, creating the ConfigMap if needed. Without a signature, one
+    /// this field manager applied before is removed, so that it never sits beside a
+    /// module it does not sign. Other keys are left alone. Returns the ConfigMap's new
+    /// resourceVersion.
     pub async fn upload(
         &self,
         client: &Client,
         bytes: Vec<u8>,
+        signature: Option<Vec<u8>>,
         field_manager: &str,
     ) -> Result<String, SourceError> {
+        let data = signature.map(|signature| {
+            let text = String::from_utf8_lossy(signature.trim_ascii()).into_owned();
+            BTreeMap::from([(self.signature_key(), text)])
+        });
         let object = ConfigMap {
             metadata: kube::api::ObjectMeta {
                 name: Some(self.name.clone()),
@@ -155,6 +178,7 @@ impl ConfigMapSource {
                 ..Default::default()
             },
             binary_data: Some(BTreeMap::from([(self.key.clone(), ByteString(bytes))])),
+            data,
             ..Default::default()
         };
         let params = PatchParams::apply(field_manager).force();
@@ -173,6 +197,8 @@ pub enum ModuleSource {
     File(PathBuf),
     /// A ConfigMap key, watched through the API.
     ConfigMap(ConfigMapSource),
+    /// A reference in an OCI registry, polled ([`super::oci`]).
+    Oci(OciSource),
 }
 
 impl std::fmt::Display for ModuleSource {
@@ -180,6 +206,7 @@ impl std::fmt::Display for ModuleSource {
         match self {
             ModuleSource::File(path) => write!(f, "file {}", path.display()),
             ModuleSource::ConfigMap(cm) => write!(f, "configmap {cm}"),
+            ModuleSource::Oci(oci) => write!(f, "{}", oci.reference),
         }
     }
 }
@@ -191,8 +218,26 @@ pub struct Payload {
     pub raw: Vec<u8>,
     /// What it is, for logs and events (`configmap ns/name:key@rv`, `file /path`).
     pub origin: String,
-    /// The ConfigMap, for events about this version (ConfigMap sources only).
-    pub reference: Option<ObjectReference>,
+    /// The ConfigMap, for events about this version (ConfigMap sources only; boxed,
+    /// it is most of a payload's size).
+    pub reference: Option<Box<ObjectReference>>,
+    /// The module's signatures as stored (base64): none, the one beside it, or those
+    /// a registry holds for it.
+    pub signatures: Vec<Vec<u8>>,
+}
+
+impl Payload {
+    /// What tells this version from another: the digests of the bytes as stored and
+    /// of the signatures, so that a new signature for the same module is looked at
+    /// again.
+    pub fn identity(&self) -> String {
+        let mut identity = digest(&self.raw);
+        for signature in &self.signatures {
+            identity.push('+');
+            identity.push_str(&digest(signature));
+        }
+        identity
+    }
 }
 
 /// The state of a source, as its task last saw it.
@@ -251,12 +296,14 @@ pub fn check_upload_size(size: usize) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// Starts the task that follows `source`; its state arrives on the returned channel.
-/// Aborting the task stops it.
+/// Starts the task that follows `source`; its state arrives on the returned channel,
+/// and a registry's failures are counted in `errors`. Aborting the task stops it.
+/// Fails only when a registry's client cannot be built (its credentials, say).
 pub fn spawn(
     source: &ModuleSource,
     client: Option<Client>,
-) -> (channel::Receiver<SourceState>, JoinHandle<()>) {
+    errors: Counter,
+) -> Result<(channel::Receiver<SourceState>, JoinHandle<()>), OciError> {
     let (tx, rx) = channel::channel(SourceState::Unknown);
     let task = match (source, client) {
         (ModuleSource::File(path), _) => tokio::spawn(follow_file(path.clone(), FILE_POLL_INTERVAL, tx)),
@@ -265,8 +312,12 @@ pub fn spawn(
             tx.send_replace(SourceState::Missing("a ConfigMap source needs a cluster client".into()));
             tokio::spawn(async move { tx.closed().await })
         }
+        (ModuleSource::Oci(oci), _) => {
+            let registry = Registry::new(&oci.reference, &oci.registry)?;
+            tokio::spawn(follow_oci(registry, oci.clone(), errors, tx))
+        }
     };
-    (rx, task)
+    Ok((rx, task))
 }
 
 /// What tells one version of a file from the next without reading it.
@@ -283,9 +334,35 @@ async fn stamp(path: &Path) -> std::io::Result<FileStamp> {
     Ok(FileStamp { resolved, len: meta.len(), modified: meta.modified().ok() })
 }
 
-/// Polls `path` every `interval` and publishes each new version.
+/// The module file's stamp and its signature's (`None` when there is no signature
+/// file).
+async fn stamps(path: &Path) -> Result<(FileStamp, Option<FileStamp>), String> {
+    let module = stamp(path).await.map_err(|err| err.to_string())?;
+    let signature = stamp(&signature_path(path)).await.ok();
+    Ok((module, signature))
+}
+
+/// Reads the signature file of the module at `path` (`PATH.sig`), if there is one.
+/// A signature file that exists but cannot be read is an error: the module must not
+/// be taken for unsigned then.
+pub async fn read_signature(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt as _;
+    let file = match tokio::fs::File::open(signature_path(path)).await {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut bytes = Vec::new();
+    // Bounded: a signature is a hundred bytes; one over the limit is refused later.
+    let limit = u64::try_from(MAX_SIGNATURE_BYTES).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit).read_to_end(&mut bytes).await?;
+    Ok(Some(bytes))
+}
+
+/// Polls `path` (and its signature, `PATH.sig`) every `interval` and publishes each
+/// new version.
 pub async fn follow_file(path: PathBuf, interval: Duration, tx: channel::Sender<SourceState>) {
-    let mut last: Option<Result<FileStamp, String>> = None;
+    let mut last: Option<Result<(FileStamp, Option<FileStamp>), String>> = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -293,18 +370,22 @@ pub async fn follow_file(path: PathBuf, interval: Duration, tx: channel::Sender<
             _ = ticker.tick() => {}
             () = tx.closed() => return,
         }
-        let current = stamp(&path).await.map_err(|err| err.to_string());
+        let current = stamps(&path).await;
         if last.as_ref() == Some(&current) {
             continue;
         }
         let state = match &current {
-            Ok(stamp) => match tokio::fs::read(&stamp.resolved).await {
-                Ok(raw) => SourceState::Present(Payload {
+            Ok((stamp, _)) => match (tokio::fs::read(&stamp.resolved).await, read_signature(&path).await) {
+                (Ok(raw), Ok(signature)) => SourceState::Present(Payload {
                     raw,
                     origin: format!("file {}", path.display()),
                     reference: None,
+                    signatures: signature.into_iter().collect(),
                 }),
-                Err(err) => SourceState::Missing(format!("cannot read {}: {err}", path.display())),
+                (Err(err), _) => SourceState::Missing(format!("cannot read {}: {err}", path.display())),
+                (_, Err(err)) => {
+                    SourceState::Missing(format!("cannot read {}: {err}", signature_path(&path).display()))
+                }
             },
             Err(err) => SourceState::Missing(format!("cannot read {}: {err}", path.display())),
         };
@@ -327,7 +408,21 @@ fn state_of(cm: &ConfigMap, source: &ConfigMapSource) -> SourceState {
             resource_version: cm.metadata.resource_version.clone(),
             field_path: None,
         };
-        return SourceState::Present(Payload { raw: raw.clone(), origin, reference: Some(reference) });
+        let signature_key = source.signature_key();
+        let signature = cm
+            .binary_data
+            .as_ref()
+            .and_then(|d| d.get(&signature_key))
+            .map(|ByteString(bytes)| bytes.clone())
+            .or_else(|| {
+                cm.data.as_ref().and_then(|d| d.get(&signature_key)).map(|text| text.clone().into_bytes())
+            });
+        return SourceState::Present(Payload {
+            raw: raw.clone(),
+            origin,
+            reference: Some(Box::new(reference)),
+            signatures: signature.into_iter().collect(),
+        });
     }
     if cm.data.as_ref().is_some_and(|d| d.contains_key(&source.key)) {
         return SourceState::Missing(format!(

@@ -7,19 +7,21 @@
 //! 1. **Decode**: gunzip when gzip ([`source::decode`]); a candidate whose digest is
 //!    the active module's, or the last one looked at, is skipped (a relist or a
 //!    metadata-only change of the ConfigMap is not a new module).
-//! 2. **Validate**: [`SandboxEngine::load`] (the runtime's one acceptance check: no
+//! 2. **Trust**: the administrator's [`TrustPolicy`]: the digest is pinned, the
+//!    signature is a trusted key's, or both, before anything parses the module.
+//! 3. **Validate**: [`SandboxEngine::load`] (the runtime's one acceptance check: no
 //!    imports, exports and ABI 1, manifest, compile, a smoke `reconcile` within the
 //!    deadline), off the async executor, with the same engine, limits and
 //!    compiled-module cache as the active module.
-//! 3. **Rights**: for every single right the new manifest needs and the active one did
+//! 4. **Rights**: for every single right the new manifest needs and the active one did
 //!    not ([`crate::policy::rbac::access_checks`]), a SelfSubjectAccessReview; a denied one
 //!    refuses the candidate, naming the missing permission.
-//! 4. **Watches**: if the manifest changes what is watched or how it is written
+//! 5. **Watches**: if the manifest changes what is watched or how it is written
 //!    (primary, related, reads, owner label, field manager), the kinds are
 //!    discovered, new watches started (on the same work queue) and the swap waits
 //!    until each has delivered its initial list; reconciles go on with the old module
 //!    and its watches meanwhile.
-//! 5. **Commit**: the new wiring (if any) is stored, then the new module; calls in
+//! 6. **Commit**: the new wiring (if any) is stored, then the new module; calls in
 //!    flight finish on the module (and wiring) they started with, new reconciles use
 //!    the new ones; the old watches stop when the last reconcile using them ends.
 //!    Then every primary is queued once, so the new logic applies to all of them. The
@@ -34,9 +36,10 @@
 //! [`RETRY_FIRST`] doubling to [`RETRY_MAX`], until the source changes; one that
 //! is the candidate's fault is final for that payload.
 //!
-//! Every module that becomes active is kept as the last good one (in the
-//! compiled-module cache directory): at start, when the source holds nothing valid,
-//! [`Swapper::first_module`] starts from it, with a Warning.
+//! Every module that becomes active is kept as the last good one, with its signature
+//! (in the compiled-module cache directory): at start, when the source holds nothing
+//! valid, [`Swapper::first_module`] starts from it, with a Warning, once it passes
+//! every check again, the trust policy included.
 //!
 //! A refused candidate leaves the active module serving and is reported: a log line,
 //! `wasm_operator_module_rejected_total{reason}`, `/module`'s `lastRejection`, and for
@@ -44,6 +47,7 @@
 //! a Normal event `ModuleActivated` there.
 
 use super::source::{self, Payload, SourceState};
+use super::trust::TrustPolicy;
 use crate::cluster::sync::SyncState;
 use crate::cluster::{DiscoveryError, KindRegistry, Scope, watches};
 use crate::control::{Controller, Wiring};
@@ -187,6 +191,18 @@ pub struct Swapper {
     last_missing: Option<String>,
     sync_timeout: Duration,
     policy: AdminPolicy,
+    trust: TrustPolicy,
+}
+
+/// A module that passed every check a payload alone can fail: decoding, trust,
+/// validation and the policy.
+pub struct Accepted {
+    /// The module.
+    pub module: Arc<WasmModule>,
+    /// Where it came from.
+    pub origin: String,
+    /// The fingerprint of the key that signed it, when keys are required.
+    pub signer: Option<String>,
 }
 
 impl std::fmt::Debug for Swapper {
@@ -219,7 +235,15 @@ impl Swapper {
             last_seen: None,
             last_missing: None,
             sync_timeout,
+            trust: TrustPolicy::default(),
         }
+    }
+
+    /// Accepts only modules `trust` trusts (the default trusts all).
+    #[must_use]
+    pub fn with_trust(mut self, trust: TrustPolicy) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// The engine candidates are loaded with.
@@ -237,7 +261,19 @@ impl Swapper {
         })
     }
 
-    /// Validates a decoded module (step 2): the runtime's checks, then the policy.
+    /// Checks a decoded module against the trust policy (step 2); returns the
+    /// signer's fingerprint.
+    fn trusted(&self, bytes: &[u8], payload: &Payload) -> Result<Option<String>, Refusal> {
+        let candidate = digest(bytes);
+        self.trust.check(bytes, &candidate, &payload.signatures).map_err(|untrusted| Refusal {
+            reason: untrusted.reason(),
+            message: error_chain(&untrusted),
+            digest: candidate.clone(),
+            transient: false,
+        })
+    }
+
+    /// Validates a decoded module (step 3): the runtime's checks, then the policy.
     async fn validate(&self, bytes: Vec<u8>) -> Result<Arc<LoadedModule>, Refusal> {
         let candidate = digest(&bytes);
         let loaded = self.engine.load_async(bytes).await.map_err(|err| Refusal {
@@ -255,28 +291,30 @@ impl Swapper {
         Ok(loaded)
     }
 
-    /// Decodes and validates one payload (steps 1 and 2).
-    async fn decode_and_validate(&self, payload: &Payload) -> Result<Arc<LoadedModule>, Refusal> {
-        self.validate(Self::decode(payload)?).await
+    /// Decodes, trusts and validates one payload (steps 1 to 3).
+    async fn accept(&self, payload: &Payload) -> Result<(Arc<LoadedModule>, Option<String>), Refusal> {
+        let bytes = Self::decode(payload)?;
+        let signer = self.trusted(&bytes, payload)?;
+        Ok((self.validate(bytes).await?, signer))
     }
 
-    /// Keeps an accepted payload, as stored (gzip or not), for [`Swapper::last_good`]
-    /// (with the compiled-module cache; nowhere without one).
+    /// Keeps an accepted payload, as stored (gzip or not), with its signature, for
+    /// [`Swapper::last_good`] (with the compiled-module cache; nowhere without one).
     fn keep_last_good(&self, payload: &Payload) {
         if let Some(cache) = self.engine.cache() {
-            cache.store_last_good(&payload.raw);
+            cache.store_last_good(&payload.raw, &payload.signatures);
         }
     }
 
-    /// The last module this host accepted, validated again, when the source holds
+    /// The last module this host accepted, checked again, when the source holds
     /// nothing valid at start (`why`); `None` when there is none or it fails now.
-    async fn last_good(&self, why: &str, refused: Option<&Payload>) -> Option<(Arc<WasmModule>, String)> {
+    async fn last_good(&self, why: &str, refused: Option<&Payload>) -> Option<Accepted> {
         let cache = self.engine.cache()?;
-        let raw = cache.last_good()?;
+        let (raw, signatures) = cache.last_good()?;
         let origin = format!("the last good module in {}", cache.dir().display());
-        let payload = Payload { raw, origin: origin.clone(), reference: None };
-        match self.decode_and_validate(&payload).await {
-            Ok(loaded) => {
+        let payload = Payload { raw, origin: origin.clone(), reference: None, signatures };
+        match self.accept(&payload).await {
+            Ok((loaded, signer)) => {
                 let note = format!(
                     "the module source holds no valid module ({why}): starting from the last good module {} {} ({}); it serves until the source holds a valid one",
                     loaded.manifest().name,
@@ -287,7 +325,11 @@ impl Swapper {
                 if let Some(refused) = refused {
                     self.event(refused, EventType::Warning, "LastGoodModule", &note).await;
                 }
-                Some((Arc::new(WasmModule::new(loaded, self.caller.clone())), origin))
+                Some(Accepted {
+                    module: Arc::new(WasmModule::new(loaded, self.caller.clone())),
+                    origin,
+                    signer,
+                })
             }
             Err(refusal) => {
                 tracing::warn!(
@@ -305,10 +347,7 @@ impl Swapper {
     /// ConfigMap or key is logged (once per change). When the source holds nothing
     /// valid, the host starts from the last module it accepted, if it kept one (with a
     /// Warning); otherwise it waits, and reconciles nothing until then.
-    pub async fn first_module(
-        &mut self,
-        rx: &mut channel::Receiver<SourceState>,
-    ) -> Option<(Arc<WasmModule>, String)> {
+    pub async fn first_module(&mut self, rx: &mut channel::Receiver<SourceState>) -> Option<Accepted> {
         let mut tried_last_good = false;
         loop {
             let state = rx.borrow_and_update().clone();
@@ -324,11 +363,11 @@ impl Swapper {
                     self.missing(&why, "waiting for it before reconciling");
                 }
                 SourceState::Present(payload) => {
-                    let raw = digest(&payload.raw);
-                    if self.last_seen.as_deref() != Some(raw.as_str()) {
-                        self.last_seen = Some(raw);
-                        match self.decode_and_validate(&payload).await {
-                            Ok(loaded) => {
+                    let identity = payload.identity();
+                    if self.last_seen.as_deref() != Some(identity.as_str()) {
+                        self.last_seen = Some(identity);
+                        match self.accept(&payload).await {
+                            Ok((loaded, signer)) => {
                                 self.keep_last_good(&payload);
                                 let manifest = loaded.manifest();
                                 tracing::info!(name = %manifest.name, version = %manifest.version, digest = %loaded.digest(), origin = %payload.origin, "module loaded");
@@ -336,11 +375,11 @@ impl Swapper {
                                     &payload,
                                     EventType::Normal,
                                     "ModuleActivated",
-                                    &activated_note(&loaded),
+                                    &activated_note(&loaded, signer.as_deref()),
                                 )
                                 .await;
                                 let module = Arc::new(WasmModule::new(loaded, self.caller.clone()));
-                                return Some((module, payload.origin));
+                                return Some(Accepted { module, origin: payload.origin, signer });
                             }
                             Err(refusal) => {
                                 self.refused(&payload, &refusal, None).await;
@@ -379,7 +418,7 @@ impl Swapper {
                 }
                 SourceState::Present(payload) => {
                     self.last_missing = None;
-                    let raw = digest(&payload.raw);
+                    let raw = payload.identity();
                     if self.last_seen.as_deref() != Some(raw.as_str()) {
                         self.last_seen = Some(raw.clone());
                         let tries =
@@ -463,6 +502,7 @@ impl Swapper {
         if digest(&bytes) == current.module.digest() {
             return Ok(None);
         }
+        let signer = self.trusted(&bytes, payload)?;
         let loaded = self.validate(bytes).await?;
         let candidate = loaded.digest().to_owned();
         let refuse =
@@ -504,9 +544,16 @@ impl Swapper {
             target.controller.set_wiring(wiring);
         }
         let module: Arc<dyn Module> = Arc::new(WasmModule::new(loaded.clone(), self.caller.clone()));
-        let info = target.active.store_from(module, Some(payload.origin.clone()));
+        let note = activated_note(&loaded, signer.as_deref());
+        let info = target.active.store_from(module, Some(payload.origin.clone()), signer.clone());
         self.metrics.set_module(
-            ModuleLabels { name: new.name.clone(), version: new.version.clone(), digest: candidate.clone() },
+            ModuleLabels {
+                name: new.name.clone(),
+                version: new.version.clone(),
+                digest: candidate.clone(),
+                source: payload.origin.clone(),
+                signer: signer.unwrap_or_default(),
+            },
             info.loaded_at,
         );
         self.metrics.module_swaps.inc();
@@ -515,7 +562,7 @@ impl Swapper {
         for key in target.controller.wiring().watches.caches.primary_keys() {
             queue.enqueue(key, Cause::Swap);
         }
-        self.event(payload, EventType::Normal, "ModuleActivated", &activated_note(&loaded)).await;
+        self.event(payload, EventType::Normal, "ModuleActivated", &note).await;
         Ok(Some(info))
     }
 
@@ -647,9 +694,10 @@ impl Swapper {
     }
 }
 
-fn activated_note(loaded: &LoadedModule) -> String {
+fn activated_note(loaded: &LoadedModule, signer: Option<&str>) -> String {
     let manifest = loaded.manifest();
-    format!("module {} {} ({}) is active", manifest.name, manifest.version, loaded.digest())
+    let signed = signer.map(|key| format!(", signed by key {key}")).unwrap_or_default();
+    format!("module {} {} ({}{signed}) is active", manifest.name, manifest.version, loaded.digest())
 }
 
 fn describe(reference: &ObjectReference) -> String {

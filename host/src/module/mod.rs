@@ -11,7 +11,8 @@ use crate::runtime::{CallError, LoadedModule, ModuleCaller};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::future::BoxFuture;
 use reconcile_sdk::{Manifest, Outcome};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Why a call into the module did not produce an [`Outcome`].
@@ -81,7 +82,27 @@ pub struct LoadedModuleInfo {
     pub loaded_at: SystemTime,
     /// Where it came from (`file /path`, `configmap ns/name:key@rv`), when known.
     pub origin: Option<String>,
+    /// The fingerprint of the trusted key that signed it, when keys are required.
+    pub signer: Option<String>,
 }
+
+/// A module that was active once, for `/module`'s `history`.
+#[derive(Debug, Clone)]
+pub struct AcceptedModule {
+    /// `sha256:<hex>` of the module.
+    pub digest: String,
+    /// The manifest's version.
+    pub version: String,
+    /// Where it came from.
+    pub origin: Option<String>,
+    /// The key that signed it.
+    pub signer: Option<String>,
+    /// When it became active.
+    pub at: SystemTime,
+}
+
+/// How many accepted modules [`ActiveModule::history`] keeps.
+pub const HISTORY_LEN: usize = 3;
 
 impl std::fmt::Debug for LoadedModuleInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,6 +112,7 @@ impl std::fmt::Debug for LoadedModuleInfo {
             .field("version", &manifest.version)
             .field("digest", &self.module.digest())
             .field("origin", &self.origin)
+            .field("signer", &self.signer)
             .finish()
     }
 }
@@ -111,26 +133,50 @@ pub struct ModuleRejection {
     pub at: SystemTime,
 }
 
-/// The holder of the active module, swapped atomically by a hot swap, and the last
-/// candidate it refused.
+/// The holder of the active module, swapped atomically by a hot swap, the last
+/// candidate it refused, and the last [`HISTORY_LEN`] modules it made active.
 #[derive(Debug)]
 pub struct ActiveModule {
     current: ArcSwap<LoadedModuleInfo>,
     last_rejection: ArcSwapOption<ModuleRejection>,
+    history: Mutex<VecDeque<AcceptedModule>>,
 }
 
 impl ActiveModule {
     /// A holder with `module` active from now on.
     pub fn new(module: Arc<dyn Module>) -> Self {
-        Self::with_origin(module, None)
+        Self::with_origin(module, None, None)
     }
 
-    /// A holder with `module`, from `origin`, active from now on.
-    pub fn with_origin(module: Arc<dyn Module>, origin: Option<String>) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(LoadedModuleInfo { module, loaded_at: SystemTime::now(), origin }),
+    /// A holder with `module`, from `origin` and signed by `signer`, active from now
+    /// on.
+    pub fn with_origin(module: Arc<dyn Module>, origin: Option<String>, signer: Option<String>) -> Self {
+        let info = LoadedModuleInfo { module, loaded_at: SystemTime::now(), origin, signer };
+        let holder = Self {
+            current: ArcSwap::from_pointee(info.clone()),
             last_rejection: ArcSwapOption::empty(),
-        }
+            history: Mutex::new(VecDeque::with_capacity(HISTORY_LEN)),
+        };
+        holder.remember(&info);
+        holder
+    }
+
+    /// The modules made active, newest first: the active one and the
+    /// [`HISTORY_LEN`]` - 1` before it (a rollback pins one of their digests).
+    pub fn history(&self) -> Vec<AcceptedModule> {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect()
+    }
+
+    fn remember(&self, info: &LoadedModuleInfo) {
+        let mut history = self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        history.push_front(AcceptedModule {
+            digest: info.module.digest().to_owned(),
+            version: info.module.manifest().version.clone(),
+            origin: info.origin.clone(),
+            signer: info.signer.clone(),
+            at: info.loaded_at,
+        });
+        history.truncate(HISTORY_LEN);
     }
 
     /// The active module; read it once per reconcile and use that one throughout.
@@ -140,14 +186,20 @@ impl ActiveModule {
 
     /// Makes `module` the active one; reconciles already running keep the old one.
     pub fn store(&self, module: Arc<dyn Module>) {
-        self.store_from(module, None);
+        self.store_from(module, None, None);
     }
 
-    /// [`ActiveModule::store`], recording where the module came from; returns what
-    /// is active now.
-    pub fn store_from(&self, module: Arc<dyn Module>, origin: Option<String>) -> Arc<LoadedModuleInfo> {
-        let info = Arc::new(LoadedModuleInfo { module, loaded_at: SystemTime::now(), origin });
+    /// [`ActiveModule::store`], recording where the module came from and who signed
+    /// it; returns what is active now.
+    pub fn store_from(
+        &self,
+        module: Arc<dyn Module>,
+        origin: Option<String>,
+        signer: Option<String>,
+    ) -> Arc<LoadedModuleInfo> {
+        let info = Arc::new(LoadedModuleInfo { module, loaded_at: SystemTime::now(), origin, signer });
         self.current.store(info.clone());
+        self.remember(&info);
         info
     }
 

@@ -8,9 +8,11 @@
 //!   503 before, naming each watch that has not listed within the sync timeout with
 //!   its last error;
 //! - `/module` describes the active module as JSON (digest, name, version, loadedAt,
-//!   origin, manifest) and the last refused hot-swap candidate (`lastRejection`:
-//!   digest, reason, message, origin, at; `null` if none), read from the same holder
-//!   the reconciles use, so it shows a hot swap at once;
+//!   origin, signer, manifest), the last refused hot-swap candidate (`lastRejection`:
+//!   digest, reason, message, origin, at; `null` if none) and the last three modules
+//!   made active, newest first (`history`: digest, version, origin, signer, at; pin
+//!   one with `--module-digest` to roll back), read from the same holder the
+//!   reconciles use, so it shows a hot swap at once;
 //! - `/metrics` is the Prometheus text format.
 
 use super::metrics::Metrics;
@@ -84,14 +86,30 @@ async fn module(State(state): State<HttpState>) -> Response {
             "at": rfc3339(r.at),
         })
     });
+    let history: Vec<_> = state
+        .active
+        .history()
+        .into_iter()
+        .map(|accepted| {
+            serde_json::json!({
+                "digest": accepted.digest,
+                "version": accepted.version,
+                "origin": accepted.origin,
+                "signer": accepted.signer,
+                "at": rfc3339(accepted.at),
+            })
+        })
+        .collect();
     Json(serde_json::json!({
         "digest": current.module.digest(),
         "name": manifest.name,
         "version": manifest.version,
         "loadedAt": rfc3339(current.loaded_at),
         "origin": current.origin,
+        "signer": current.signer,
         "manifest": manifest,
         "lastRejection": last_rejection,
+        "history": history,
     }))
     .into_response()
 }

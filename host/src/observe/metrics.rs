@@ -46,6 +46,10 @@ pub struct ModuleLabels {
     pub version: String,
     /// `sha256:<hex>` of the module.
     pub digest: String,
+    /// Where it came from (`file PATH`, `configmap NS/NAME:KEY@RV`, ...).
+    pub source: String,
+    /// The fingerprint of the key that signed it; empty when no keys are required.
+    pub signer: String,
 }
 
 /// Labels with a reason: the failed check of a refused hot-swap candidate, or the kind
@@ -97,6 +101,8 @@ pub struct Metrics {
     pub module_rejected: Family<ReasonLabels, Counter>,
     /// Hot swaps done (a new module became active).
     pub module_swaps: Counter,
+    /// Failed looks at the module source (a registry that is down or refuses).
+    pub module_source_errors: Counter,
     /// Reconciles that panicked (caught; the key is retried with backoff).
     pub reconcile_panics: Counter,
     /// Module calls that gave no outcome, by kind of failure (`deadline`, `memory`,
@@ -172,6 +178,12 @@ impl Metrics {
         );
         let module_swaps = Counter::default();
         registry.register("module_swaps", "Hot swaps: a new module became active", module_swaps.clone());
+        let module_source_errors = Counter::default();
+        registry.register(
+            "module_source_errors",
+            "Failed looks at the module source (a registry that is down, refuses or serves no usable artifact)",
+            module_source_errors.clone(),
+        );
         let reconcile_panics = Counter::default();
         registry.register(
             "reconcile_panics",
@@ -205,6 +217,7 @@ impl Metrics {
             cached_objects,
             module_rejected,
             module_swaps,
+            module_source_errors,
             reconcile_panics,
             module_call_errors,
             write_budget_exceeded,
@@ -338,8 +351,13 @@ mod tests {
         metrics.write("apply");
         metrics.rejection("delete");
         metrics.module_rejection("abi");
-        let labels =
-            |v: &str| ModuleLabels { name: "m".into(), version: v.into(), digest: "sha256:ab".into() };
+        let labels = |v: &str| ModuleLabels {
+            name: "m".into(),
+            version: v.into(),
+            digest: "sha256:ab".into(),
+            source: "file m.wasm".into(),
+            signer: String::new(),
+        };
         metrics.set_module(labels("1"), SystemTime::UNIX_EPOCH);
         metrics.set_module(labels("2"), SystemTime::UNIX_EPOCH + Duration::from_secs(5));
         let text = metrics.encode();

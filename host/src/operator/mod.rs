@@ -15,7 +15,9 @@ use crate::cluster::{DiscoveryError, KindRegistry, Scope, watches};
 use crate::control::{Backoff, Controller, LeaderElector, LeaseConfig, Wiring};
 use crate::error_chain;
 use crate::execute::Executor;
-use crate::lifecycle::{LoadFileError, ModuleSource, SourceState, Swapper, load_file, swap::SwapTarget};
+use crate::lifecycle::{
+    LoadFileError, ModuleSource, SourceState, Swapper, TrustPolicy, load_file, swap::SwapTarget,
+};
 use crate::module::{ActiveModule, Module, WasmModule};
 use crate::observe::{HttpState, Metrics, ModuleLabels, http};
 use crate::policy::{AdminPolicy, PolicyViolation};
@@ -57,12 +59,15 @@ pub struct OperatorConfig {
     /// it stops without them (a hung call would otherwise hold it until the kubelet
     /// kills the pod).
     pub drain_timeout: Duration,
+    /// Which modules the administrator trusts (signing keys, pinned digests): every
+    /// module from the source, the first one included, must pass it.
+    pub trust: TrustPolicy,
 }
 
 impl Default for OperatorConfig {
     /// `run`'s defaults: every namespace, 4 reconciles at once, no HTTP endpoints,
-    /// no leader election, the default backoff and policy, and the 300 s stall,
-    /// 120 s sync and 25 s drain timeouts.
+    /// no leader election, the default backoff and policy, every module trusted, and
+    /// the 300 s stall, 120 s sync and 25 s drain timeouts.
     fn default() -> Self {
         Self {
             scope: Scope::default(),
@@ -75,6 +80,7 @@ impl Default for OperatorConfig {
             stall_timeout: Duration::from_secs(300),
             sync_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(25),
+            trust: TrustPolicy::default(),
         }
     }
 }
@@ -88,6 +94,9 @@ pub enum StartError {
     /// The module file could not be loaded.
     #[error(transparent)]
     Module(LoadFileError),
+    /// The module source cannot be followed (a registry's credentials, say).
+    #[error("cannot follow the module source")]
+    Source(#[source] crate::lifecycle::oci::OciError),
     /// The module source ended before it offered a valid module.
     #[error("the module source {0} ended before offering a valid module")]
     SourceEnded(String),
@@ -111,9 +120,11 @@ pub enum StartError {
 /// Starts an operator whose module comes from `source` and is hot-swapped when the
 /// source changes (docs/abi.md, *Hot swap acceptance checks*).
 ///
+/// - Every module, the first one included, must pass `config.trust` (a signature by
+///   a trusted key, a pinned digest) before it is compiled.
 /// - A file must hold a valid module now (else [`StartError::Module`]); later
 ///   versions are swapped in, or refused and reported.
-/// - A ConfigMap source is waited for: until its key holds a module that passes
+/// - A ConfigMap or registry source is waited for: until it holds a module that passes
 ///   validation, this logs what is missing or why a version was refused (a Warning
 ///   event on the ConfigMap too) and does not reconcile; nothing else is served
 ///   meanwhile, so the operator is never ready without a valid module.
@@ -136,30 +147,42 @@ pub async fn start_from_source(
         metrics.clone(),
         config.policy.clone(),
         config.sync_timeout,
-    );
-    let (module, origin, rx, source_task) = match source {
+    )
+    .with_trust(config.trust.clone());
+    let (module, origin, signer, rx, source_task) = match source {
         ModuleSource::File(path) => {
-            let loaded = load_file(&engine, path).await.map_err(StartError::Module)?;
-            let module = Arc::new(WasmModule::new(loaded, caller));
-            let (rx, task) = crate::lifecycle::source::spawn(source, Some(client.clone()));
-            (module, source.to_string(), rx, task)
+            let file = load_file(&engine, path, &config.trust).await.map_err(StartError::Module)?;
+            let module = Arc::new(WasmModule::new(file.loaded, caller));
+            let (rx, task) = spawn_source(source, &client, &metrics)?;
+            (module, source.to_string(), file.signer, rx, task)
         }
-        ModuleSource::ConfigMap(cm) => {
-            tracing::info!(configmap = %cm, "loading the module from the ConfigMap; not reconciling until it holds a valid module");
-            let (mut rx, task) = crate::lifecycle::source::spawn(source, Some(client.clone()));
-            let Some((module, origin)) = swapper.first_module(&mut rx).await else {
+        ModuleSource::ConfigMap(_) | ModuleSource::Oci(_) => {
+            tracing::info!(%source, "loading the module from its source; not reconciling until it holds a valid module");
+            let (mut rx, task) = spawn_source(source, &client, &metrics)?;
+            let Some(first) = swapper.first_module(&mut rx).await else {
                 task.abort();
                 return Err(StartError::SourceEnded(source.to_string()));
             };
-            (module, origin, rx, task)
+            (first.module, first.origin, first.signer, rx, task)
         }
     };
     let manifest = module.manifest();
-    tracing::info!(name = %manifest.name, version = %manifest.version, digest = %module.digest(), %origin, "module active");
+    tracing::info!(name = %manifest.name, version = %manifest.version, digest = %module.digest(), %origin, signer = signer.as_deref().unwrap_or("-"), "module active");
     let mut operator =
-        RunningOperator::start_with_metrics(client, server, module, Some(origin), config, metrics).await?;
+        RunningOperator::start_with_metrics(client, server, module, Some(origin), signer, config, metrics)
+            .await?;
     operator.hot_swap(swapper, rx, source_task);
     Ok(operator)
+}
+
+/// Starts the task following `source`.
+fn spawn_source(
+    source: &ModuleSource,
+    client: &Client,
+    metrics: &Metrics,
+) -> Result<(channel::Receiver<SourceState>, JoinHandle<()>), StartError> {
+    crate::lifecycle::source::spawn(source, Some(client.clone()), metrics.module_source_errors.clone())
+        .map_err(StartError::Source)
 }
 
 /// A running operator; [`RunningOperator::shutdown`] stops it gracefully.
@@ -197,15 +220,17 @@ impl RunningOperator {
         module: Arc<dyn Module>,
         config: OperatorConfig,
     ) -> Result<Self, StartError> {
-        Self::start_with_metrics(client, server, module, None, config, Arc::new(Metrics::new())).await
+        Self::start_with_metrics(client, server, module, None, None, config, Arc::new(Metrics::new())).await
     }
 
-    /// [`RunningOperator::start`] recording into `metrics`, with the module's origin.
-    pub async fn start_with_metrics(
+    /// [`RunningOperator::start`] recording into `metrics`, with the module's origin
+    /// and signer.
+    async fn start_with_metrics(
         client: Client,
         server: &str,
         module: Arc<dyn Module>,
         origin: Option<String>,
+        signer: Option<String>,
         config: OperatorConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
@@ -214,13 +239,15 @@ impl RunningOperator {
         let kinds = Arc::new(
             KindRegistry::discover(&client, server, &manifest).await.map_err(StartError::Discovery)?,
         );
-        let active = Arc::new(ActiveModule::with_origin(module, origin));
+        let active = Arc::new(ActiveModule::with_origin(module, origin, signer));
         let current = active.current();
         metrics.set_module(
             ModuleLabels {
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
                 digest: current.module.digest().to_owned(),
+                source: current.origin.clone().unwrap_or_default(),
+                signer: current.signer.clone().unwrap_or_default(),
             },
             current.loaded_at,
         );

@@ -43,6 +43,11 @@ pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
 /// The file of the last accepted module's bytes ([`CompiledCache::store_last_good`]).
 const LAST_GOOD: &str = "last-good.wasm";
+/// The file of its signature, when it had one.
+const LAST_GOOD_SIGNATURE: &str = "last-good.wasm.sig";
+/// The largest signatures file read back (a P-256 signature in base64 is under 100
+/// bytes; a registry may hold a few).
+const LAST_GOOD_SIGNATURE_MAX_BYTES: u64 = 16 << 10;
 /// The largest last good payload read back: the largest module a source delivers.
 const LAST_GOOD_MAX_BYTES: u64 = 64 << 20;
 
@@ -266,24 +271,43 @@ impl CompiledCache {
     /// active (as its source held it, gzip or not), as the last good module: what the
     /// host starts from when its source holds nothing valid. It
     /// is written like an entry (atomically, mode 0600) and neither counted nor
-    /// evicted; failures are logged.
-    pub fn store_last_good(&self, bytes: &[u8]) {
-        if let Err(err) = write_entry(&self.dir, LAST_GOOD, bytes) {
+    /// evicted, and so are its `signatures` (one per line: base64 has no newline; or
+    /// an old file removed); failures are logged.
+    ///
+    /// The signatures are written first: a crash between the two writes leaves a
+    /// module with another's signatures, which a host that requires signatures
+    /// refuses, never an unchecked pair.
+    pub fn store_last_good(&self, bytes: &[u8], signatures: &[Vec<u8>]) {
+        let kept = if signatures.is_empty() {
+            match fs::remove_file(self.dir.join(LAST_GOOD_SIGNATURE)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            }
+        } else {
+            let lines: Vec<&[u8]> = signatures.iter().map(|s| s.trim_ascii()).collect();
+            write_entry(&self.dir, LAST_GOOD_SIGNATURE, &lines.join(&b'\n'))
+        }
+        .and_then(|()| write_entry(&self.dir, LAST_GOOD, bytes));
+        if let Err(err) = kept {
             tracing::warn!(dir = %self.dir.display(), error = %err, "cannot keep the last good module");
         }
     }
 
-    /// The last good module's bytes, if there are usable ones (the same checks as an
-    /// entry's; the bytes are validated again like any module before they run).
-    pub fn last_good(&self) -> Option<Vec<u8>> {
-        let path = self.dir.join(LAST_GOOD);
-        match read_entry(&path, LAST_GOOD_MAX_BYTES) {
-            Ok(bytes) => bytes,
-            Err(err) => {
+    /// The last good module's bytes and signature, if there are usable ones (the same
+    /// checks as an entry's; the bytes are validated again like any module, the
+    /// signature checked again, before they run).
+    pub fn last_good(&self) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+        let read = |name: &str, limit: u64| {
+            let path = self.dir.join(name);
+            read_entry(&path, limit).map_err(|err| {
                 tracing::warn!(file = %path.display(), error = %crate::error_chain(&err), "ignoring the last good module");
-                None
-            }
-        }
+            })
+        };
+        let module = read(LAST_GOOD, LAST_GOOD_MAX_BYTES).ok()??;
+        let signatures = read(LAST_GOOD_SIGNATURE, LAST_GOOD_SIGNATURE_MAX_BYTES).ok()?.unwrap_or_default();
+        let signatures =
+            signatures.split(|b| *b == b'\n').filter(|line| !line.is_empty()).map(<[u8]>::to_vec).collect();
+        Some((module, signatures))
     }
 
     /// Hits and misses of [`CompiledCache::load`] so far.
@@ -498,12 +522,14 @@ mod tests {
         let root = tempfile::tempdir().expect("temp dir");
         let cache = CompiledCache::open(&root.path().join("cache"), 1).expect("opens");
         assert_eq!(cache.last_good(), None);
-        cache.store_last_good(b"\0asm v1");
-        cache.store_last_good(b"\0asm v2");
-        assert_eq!(cache.last_good().as_deref(), Some(&b"\0asm v2"[..]));
+        cache.store_last_good(b"\0asm v1", &[b"sig1".to_vec(), b"sig2\n".to_vec()]);
+        assert_eq!(cache.last_good(), Some((b"\0asm v1".to_vec(), vec![b"sig1".to_vec(), b"sig2".to_vec()])));
+        // An unsigned one removes the old signatures: they must not pass for its own.
+        cache.store_last_good(b"\0asm v2", &[]);
+        assert_eq!(cache.last_good(), Some((b"\0asm v2".to_vec(), vec![])));
         // Not an entry: a bound of one byte evicts nothing of it.
         cache.evict("none");
-        assert_eq!(cache.last_good().as_deref(), Some(&b"\0asm v2"[..]));
+        assert_eq!(cache.last_good().map(|(module, _)| module), Some(b"\0asm v2".to_vec()));
         assert_eq!(mode(&cache.dir().join(LAST_GOOD)), 0o600);
     }
     use std::os::unix::fs::PermissionsExt;
