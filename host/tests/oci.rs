@@ -16,7 +16,10 @@
 //! - a registry that requires basic auth is reached with the credentials of a Docker
 //!   `config.json` (`--registry-config`), by `module push` and the host alike, and
 //!   refuses both without them;
-//! - the time from a push to the module being active, over ten pushes, is printed.
+//! - the time from a push to the module being active, over ten pushes, is printed;
+//! - artifacts that are not modules (a container image, two layers, a tar layer, no
+//!   layer) are refused naming what is wrong, and
+//!   an oversized signature is skipped without hiding a valid one.
 //!
 //! Nothing asserts a duration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -374,5 +377,131 @@ async fn a_registry_with_basic_auth_is_reached_with_docker_config_credentials() 
     tokio::time::sleep(POLL * 3).await;
     ensure!(!anonymous.is_finished(), "a host refused by the registry must wait, not start");
     anonymous.abort();
+    Ok(())
+}
+
+/// A raw client of the test registry, for artifacts `module push` would never make.
+struct Raw {
+    client: oci_client::Client,
+    host: String,
+}
+
+impl Raw {
+    async fn new(registry: &TestRegistry) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        };
+        let client = oci_client::Client::new(config);
+        client.store_auth_if_needed(&registry.host(), &oci_client::secrets::RegistryAuth::Anonymous).await;
+        Self { client, host: registry.host() }
+    }
+
+    fn at(&self, tag: &str) -> oci_client::Reference {
+        oci_client::Reference::with_tag(self.host.clone(), "hostile/module".into(), tag.into())
+    }
+
+    /// Pushes `bytes` as a blob; returns its descriptor as JSON.
+    async fn blob(&self, bytes: &[u8], media_type: &str) -> Result<serde_json::Value> {
+        self.client.push_blob(&self.at("x"), bytes.to_vec(), &digest(bytes)).await?;
+        Ok(serde_json::json!({"mediaType": media_type, "digest": digest(bytes), "size": bytes.len()}))
+    }
+
+    /// Pushes `manifest` at `tag`; returns its digest.
+    async fn manifest(&self, tag: &str, manifest: &serde_json::Value) -> Result<String> {
+        self.push(tag, manifest, "application/vnd.oci.image.manifest.v1+json").await
+    }
+
+    async fn push(
+        &self,
+        tag: &str,
+        manifest: &serde_json::Value,
+        media_type: &'static str,
+    ) -> Result<String> {
+        let body = serde_json::to_vec(manifest)?;
+        let content_type = http::HeaderValue::from_static(media_type);
+        self.client.push_manifest_raw(&self.at(tag), body.clone(), content_type).await?;
+        Ok(digest(&body))
+    }
+}
+
+#[tokio::test]
+async fn artifacts_that_are_not_modules_are_refused_and_bad_signatures_do_not_hide_good_ones() -> Result<()> {
+    let registry = TestRegistry::start("oci-hostile").await?;
+    let raw = Raw::new(&registry).await;
+    let reference = |tag: &str| -> Result<wasm_operator::OciReference> {
+        Ok(format!("oci://{}/hostile/module:{tag}", registry.host()).parse()?)
+    };
+    let ours = wasm_operator::Registry::new(
+        &reference("x")?,
+        &RegistryConfig { insecure: vec![registry.host()], credentials: None },
+    )?;
+    let module = b"\0asm\x01\0\0\0 not checked here".to_vec();
+    let wasm = raw.blob(&module, "application/wasm").await?;
+    let wasm_config = raw.blob(b"{\"architecture\":\"wasm\"}", "application/vnd.wasm.config.v0+json").await?;
+    let image_config = raw.blob(b"{}", "application/vnd.oci.image.config.v1+json").await?;
+    let tar = raw.blob(b"not a tar", "application/vnd.oci.image.layer.v1.tar").await?;
+    let manifest = |config: &serde_json::Value, layers: Vec<&serde_json::Value>| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": layers,
+        })
+    };
+    let cases = [
+        ("container-image", manifest(&image_config, vec![&tar]), "its config is"),
+        ("two-layers", manifest(&wasm_config, vec![&wasm, &wasm]), "has 2 layers"),
+        ("tar-layer", manifest(&wasm_config, vec![&tar]), "its layer is"),
+        ("no-layers", manifest(&wasm_config, vec![]), "has 0 layers"),
+    ];
+    for (tag, body, words) in cases {
+        let manifest_digest = raw.manifest(tag, &body).await?;
+        let err = ours.pull(&reference(tag)?, &manifest_digest).await.expect_err(tag);
+        let message = wasm_operator::error_chain(&err);
+        ensure!(message.contains(words), "{tag}: {message}");
+    }
+    let good = raw.manifest("good", &manifest(&wasm_config, vec![&wasm])).await?;
+
+    // An oversized signature at the .sig tag is skipped, not an error; a real one as a
+    // referrer (the referrers tag schema's index) is found beside it.
+    let signature_manifest = |layer: &serde_json::Value| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "artifactType": "application/vnd.wasm-operator.signature.v1",
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": digest(b"{}"), "size": 2},
+            "layers": [layer],
+        })
+    };
+    raw.blob(b"{}", "application/vnd.oci.empty.v1+json").await?;
+    let huge = raw.blob(&[b'A'; 4096], "application/vnd.wasm-operator.signature.v1+base64").await?;
+    let cosign_tag = format!("{}.sig", good.replace(':', "-"));
+    raw.manifest(&cosign_tag, &signature_manifest(&huge)).await?;
+    let pulled = ours.pull(&reference("good")?, &good).await?;
+    ensure!(pulled.module == module, "the module layer was not read whole");
+    ensure!(
+        pulled.signatures.is_empty(),
+        "an oversized signature must be skipped: {:?}",
+        pulled.signatures.len()
+    );
+    let real =
+        raw.blob(b"MEUCIQDrealsignaturebytes", "application/vnd.wasm-operator.signature.v1+base64").await?;
+    let real_manifest = signature_manifest(&real);
+    let real_digest = raw.manifest("real-signature", &real_manifest).await?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": real_digest,
+            "size": serde_json::to_vec(&real_manifest)?.len(),
+            "artifactType": "application/vnd.wasm-operator.signature.v1",
+        }],
+    });
+    raw.push(&good.replace(':', "-"), &index, "application/vnd.oci.image.index.v1+json").await?;
+    let pulled = ours.pull(&reference("good")?, &good).await?;
+    ensure!(pulled.signatures == [b"MEUCIQDrealsignaturebytes".to_vec()], "{:?}", pulled.signatures);
     Ok(())
 }

@@ -348,15 +348,7 @@ impl Registry {
             .pull_manifest_raw(at, &self.auth, &[OCI_IMAGE_MEDIA_TYPE])
             .await
             .map_err(Self::failed("pull manifest", at))?;
-        let artifact = |why: String| OciError::Artifact { reference: at.whole(), why };
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(artifact(format!("its manifest is {} bytes, over {MAX_MANIFEST_BYTES}", body.len())));
-        }
-        let got = digest(&body);
-        if got != digest_wanted {
-            return Err(artifact(format!("its manifest's digest is {got}, not {digest_wanted}")));
-        }
-        serde_json::from_slice(&body).map_err(|err| artifact(format!("its manifest does not parse: {err}")))
+        parse_manifest(&body, digest_wanted).map_err(|why| OciError::Artifact { reference: at.whole(), why })
     }
 
     /// The blob `descriptor` describes, at most `limit` bytes, checked against its
@@ -368,13 +360,7 @@ impl Registry {
         limit: usize,
     ) -> Result<Vec<u8>, OciError> {
         let artifact = |why: String| OciError::Artifact { reference: at.whole(), why };
-        let declared = usize::try_from(descriptor.size).map_err(|_| artifact("a negative size".into()))?;
-        if declared > limit {
-            return Err(artifact(format!(
-                "a {} layer of {declared} bytes, over the limit of {limit}",
-                descriptor.media_type
-            )));
-        }
+        let declared = declared_size(descriptor, limit).map_err(artifact)?;
         let mut stream =
             self.client.pull_blob_stream(at, descriptor).await.map_err(Self::failed("pull blob", at))?.stream;
         let mut bytes = Vec::with_capacity(declared);
@@ -447,15 +433,33 @@ impl Registry {
         }
         let mut signatures = Vec::new();
         for (at, manifest_digest) in manifests.into_iter().take(MAX_SIGNATURES) {
-            let manifest = self.manifest(&at, &manifest_digest).await?;
-            for layer in manifest.layers.iter().filter(|l| l.media_type == SIGNATURE_LAYER_MEDIA_TYPE) {
-                let signature = self.blob(&at, layer, MAX_SIGNATURE_BYTES).await?;
-                if !signatures.contains(&signature) {
-                    signatures.push(signature);
+            match self.signature(&at, &manifest_digest).await {
+                Ok(found) => {
+                    for signature in found {
+                        if !signatures.contains(&signature) {
+                            signatures.push(signature);
+                        }
+                    }
                 }
+                // Anyone who can push to the repository can add a referrer: one that is
+                // not a usable signature must not hide the valid ones.
+                Err(OciError::Artifact { reference, why }) => {
+                    tracing::warn!(signature = %reference, "ignoring an unusable signature artifact: {why}");
+                }
+                Err(err) => return Err(err),
             }
         }
         Ok(signatures)
+    }
+
+    /// The signature layers of the signature manifest at `manifest_digest`.
+    async fn signature(&self, at: &Reference, manifest_digest: &str) -> Result<Vec<Vec<u8>>, OciError> {
+        let manifest = self.manifest(at, manifest_digest).await?;
+        let mut found = Vec::new();
+        for layer in manifest.layers.iter().filter(|l| l.media_type == SIGNATURE_LAYER_MEDIA_TYPE) {
+            found.push(self.blob(at, layer, MAX_SIGNATURE_BYTES).await?);
+        }
+        Ok(found)
     }
 
     /// Pushes `module` to `reference` (a tag) in the Wasm OCI artifact layout, and its
@@ -612,6 +616,33 @@ impl Registry {
             .map_err(Self::failed("push manifest", at))?;
         Ok((manifest_digest, size))
     }
+}
+
+/// The manifest in `body`, which must be at most [`MAX_MANIFEST_BYTES`] and have the
+/// digest `wanted`: the registry's word for it is not taken.
+fn parse_manifest(body: &[u8], wanted: &str) -> Result<OciImageManifest, String> {
+    if body.len() > MAX_MANIFEST_BYTES {
+        return Err(format!("its manifest is {} bytes, over {MAX_MANIFEST_BYTES}", body.len()));
+    }
+    let got = digest(body);
+    if got != wanted {
+        return Err(format!("its manifest's digest is {got}, not {wanted}"));
+    }
+    serde_json::from_slice(body).map_err(|err| format!("its manifest does not parse: {err}"))
+}
+
+/// The size `descriptor` declares, refused when negative or over `limit` (before
+/// anything is downloaded).
+fn declared_size(descriptor: &OciDescriptor, limit: usize) -> Result<usize, String> {
+    let declared = usize::try_from(descriptor.size)
+        .map_err(|_| format!("a {} layer declares a negative size", descriptor.media_type))?;
+    if declared > limit {
+        return Err(format!(
+            "a {} layer of {declared} bytes, over the limit of {limit}",
+            descriptor.media_type
+        ));
+    }
+    Ok(declared)
 }
 
 /// cosign's tag for the signature of the manifest `digest`: `sha256-<hex>.sig`.
@@ -777,6 +808,33 @@ mod tests {
         let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n, interval).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
         assert_eq!(retry_delay(u32::MAX, Duration::from_secs(600)), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_manifest_must_have_the_digest_asked_for_and_a_bounded_size() {
+        let body =
+            br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:00","size":0},"layers":[]}"#;
+        assert!(parse_manifest(body, &digest(body)).is_ok());
+        let err = parse_manifest(body, &digest(b"another")).expect_err("other digest");
+        assert!(err.contains("digest is"), "{err}");
+        let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
+        assert!(parse_manifest(&huge, &digest(&huge)).expect_err("huge").contains("over"));
+        let garbage = b"not json";
+        assert!(parse_manifest(garbage, &digest(garbage)).expect_err("garbage").contains("does not parse"));
+    }
+
+    #[test]
+    fn declared_sizes_are_bounded_before_anything_is_downloaded() {
+        let layer = |size: i64| OciDescriptor {
+            media_type: WASM_LAYER_MEDIA_TYPE.into(),
+            size,
+            ..OciDescriptor::default()
+        };
+        assert_eq!(declared_size(&layer(10), 10), Ok(10));
+        assert!(declared_size(&layer(11), 10).expect_err("over").contains("over the limit of 10"));
+        assert!(declared_size(&layer(-1), 10).expect_err("negative").contains("negative"));
+        let huge = i64::try_from(MAX_MODULE_BYTES).expect("fits") + 1;
+        assert!(declared_size(&layer(huge), MAX_MODULE_BYTES).is_err());
     }
 
     #[test]
