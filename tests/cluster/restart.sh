@@ -47,6 +47,17 @@ if is_our_process "${!pid_name:-}" "$(binary_of "$component")"; then
   die "$component still runs (pid ${!pid_name}); stop it before restarting it"
 fi
 
+# A process killed a moment ago drops its memory (and /proc/PID/exe) before it closes
+# its files: wait, bounded, until it has exited (gone or a zombie), or its ports may
+# still be bound when the new one starts.
+old_pid="${!pid_name:-}"
+for _ in $(seq 1 100); do
+  [[ -n "$old_pid" && -r "/proc/$old_pid/stat" ]] || break
+  state="$(sed 's/^.*) //' "/proc/$old_pid/stat" 2>/dev/null | cut -d' ' -f1)"
+  [[ -z "$state" || "$state" == Z || "$state" == X ]] && break
+  sleep 0.1
+done
+
 mapfile -d '' args <"$args_file"
 # As in up.sh: its own session, output appended to its log, without the lock.
 setsid "$(binary_of "$component")" "${args[@]}" </dev/null >>"$LOG_DIR/$component.log" 2>&1 8>&- &

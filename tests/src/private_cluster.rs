@@ -70,6 +70,16 @@ impl Component {
     }
 }
 
+/// Whether `pid` has exited: gone, or a zombie (whose files, sockets included, are
+/// closed).
+fn exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // `pid (comm) state ...`; comm may hold spaces and parentheses, the state follows
+    // the last `)`.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some("Z" | "X") | None)
+}
+
 /// A running private control plane; stopped when dropped.
 pub struct PrivateCluster {
     name: String,
@@ -197,8 +207,11 @@ impl PrivateCluster {
             .await
             .context("cannot run kill")?;
         ensure!(status.success(), "kill -KILL {pid} ({}) failed: {status}", component.name());
+        // Until it has exited, not only until its exe link is gone: an exiting process
+        // drops its memory (and that link) before it closes its files, so its ports
+        // may still be bound for a moment, and a restart on them would fail.
         wait_until(format!("{} (pid {pid}) to die", component.name()), KILL_TIMEOUT, || async {
-            Ok(self.running_pid(component)?.is_none().then_some(()))
+            Ok(exited(pid).then_some(()))
         })
         .await
     }
