@@ -191,16 +191,7 @@ fn percona_provides_the_database_url_and_an_init_container() {
         vec![],
         vec![],
     );
-    let cluster = json!({"apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGCluster",
-        "metadata": {"name": "nas-postgres", "labels": {"dittofs.dittofs.com/server": "nas"}},
-        "spec": {}, "status": {"state": "ready"}});
-    snapshot.related.push(cluster);
-    snapshot.required = vec![RequiredObject {
-        api_version: "v1".into(),
-        kind: "Secret".into(),
-        name: "nas-postgres-pguser-dittofs".into(),
-        object: None,
-    }];
+    with_ready_percona(&mut snapshot);
     let outcome = reconcile(snapshot);
     let pod = &applied(&outcome, "StatefulSet", NAME).expect("statefulset")["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].to_string();
@@ -215,6 +206,20 @@ fn percona_provides_the_database_url_and_an_init_container() {
     assert!(init["securityContext"].is_null(), "a security context nobody asked for: {init}");
 }
 
+/// A ready PerconaPGCluster among the related objects, and its user Secret asked for
+/// (absent): the state in which the module wires the database in.
+fn with_ready_percona(snapshot: &mut reconcile_sdk::Snapshot) {
+    snapshot.related.push(json!({"apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGCluster",
+        "metadata": {"name": "nas-postgres", "labels": {"dittofs.dittofs.com/server": "nas"}},
+        "spec": {}, "status": {"state": "ready"}}));
+    snapshot.required = vec![RequiredObject {
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        name: "nas-postgres-pguser-dittofs".into(),
+        object: None,
+    }];
+}
+
 /// A namespace enforcing Pod Security `restricted` admits the pod only if the init
 /// container meets it too, so it gets the server container's security context.
 #[test]
@@ -227,15 +232,7 @@ fn the_init_container_runs_under_the_containers_security_context() {
         vec![],
         vec![],
     );
-    snapshot.related.push(json!({"apiVersion": "pgv2.percona.com/v2", "kind": "PerconaPGCluster",
-        "metadata": {"name": "nas-postgres", "labels": {"dittofs.dittofs.com/server": "nas"}},
-        "spec": {}, "status": {"state": "ready"}}));
-    snapshot.required = vec![RequiredObject {
-        api_version: "v1".into(),
-        kind: "Secret".into(),
-        name: "nas-postgres-pguser-dittofs".into(),
-        object: None,
-    }];
+    with_ready_percona(&mut snapshot);
     let outcome = reconcile(snapshot);
     let pod = &applied(&outcome, "StatefulSet", NAME).expect("statefulset")["spec"]["template"]["spec"];
     assert_eq!(pod["containers"][0]["securityContext"], restricted);

@@ -35,7 +35,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt as _};
 use operator_support::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -159,27 +159,8 @@ async fn start_with_cache(client: &Client, namespace: &str, cache: ModuleCache) 
     Ok(op)
 }
 
-async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
-    eventually(&format!("module {digest} to be active"), || async {
-        Ok((op.active.current().module.digest() == digest).then_some(()))
-    })
-    .await
-}
-
 fn errors(op: &RunningOperator) -> u64 {
     op.metrics.reconciles.get_or_create(&ResultLabels { result: "error".into() }).get()
-}
-
-/// `/module` of the operator, as JSON.
-async fn module_endpoint(op: &RunningOperator) -> Result<Value> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = some(op.http_addr(), "the HTTP address")?;
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(b"GET /module HTTP/1.0\r\nHost: test\r\n\r\n").await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (_, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
-    Ok(serde_json::from_str(body)?)
 }
 
 async fn create_server(

@@ -141,57 +141,54 @@ fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-module-cache")
 }
 
-fn sandbox(cache: &Path) -> SandboxConfig {
-    SandboxConfig {
-        limits: SandboxLimits { deadline: Duration::from_millis(2000), ..SandboxLimits::default() },
-        cache: ModuleCache::Dir(cache.to_owned()),
-        ..SandboxConfig::default()
+/// How a test's host follows the registry.
+struct Follow {
+    reference: String,
+    registry: String,
+    trust: TrustPolicy,
+    /// The compiled-module cache (and last good module); none at all when `None`.
+    cache: Option<PathBuf>,
+    credentials: Option<PathBuf>,
+}
+
+impl Follow {
+    /// Follows `reference` in `registry` (plain HTTP), trusting `trust`, with the
+    /// shared cache and no credentials.
+    fn new(reference: &str, registry: &TestRegistry, trust: TrustPolicy) -> Self {
+        Self {
+            reference: reference.to_owned(),
+            registry: registry.host(),
+            trust,
+            cache: Some(shared_cache()),
+            credentials: None,
+        }
     }
 }
 
-async fn start(
-    client: &Client,
-    namespace: &str,
-    reference: &str,
-    registry: &TestRegistry,
-    trust: TrustPolicy,
-    cache: &Path,
-) -> Result<RunningOperator> {
-    start_with_credentials(client, namespace, reference, registry, trust, cache, None).await
-}
-
-async fn start_with_credentials(
-    client: &Client,
-    namespace: &str,
-    reference: &str,
-    registry: &TestRegistry,
-    trust: TrustPolicy,
-    cache: &Path,
-    credentials: Option<PathBuf>,
-) -> Result<RunningOperator> {
+/// An operator in `namespace` following the registry as `follow` says, once its
+/// caches have synced.
+async fn start(client: Client, namespace: String, follow: Follow) -> Result<RunningOperator> {
     let source = ModuleSource::Oci(OciSource {
-        reference: reference.parse()?,
+        reference: follow.reference.parse()?,
         poll_interval: POLL,
-        registry: RegistryConfig { insecure: vec![registry.host()], credentials },
+        registry: RegistryConfig { insecure: vec![follow.registry], credentials: follow.credentials },
     });
     let config = OperatorConfig {
-        scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
+        scope: Scope { namespace: Some(namespace), label_selector: None },
         http_addr: Some("127.0.0.1:0".parse()?),
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("oci-test".into()),
-        trust,
+        trust: follow.trust,
         ..OperatorConfig::default()
     };
-    let op = start_from_source(client.clone(), "the test cluster", &source, &sandbox(cache), config).await?;
+    let sandbox = SandboxConfig {
+        limits: SandboxLimits { deadline: Duration::from_millis(2000), ..SandboxLimits::default() },
+        cache: follow.cache.map_or(ModuleCache::Disabled, ModuleCache::Dir),
+        ..SandboxConfig::default()
+    };
+    let op = start_from_source(client, "the test cluster", &source, &sandbox, config).await?;
     eventually("the caches to sync", || async { Ok(op.ready().then_some(())) }).await?;
     Ok(op)
-}
-
-async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
-    eventually(&format!("module {digest} to be active"), || async {
-        Ok((op.active.current().module.digest() == digest).then_some(()))
-    })
-    .await
 }
 
 async fn wait_refused(op: &RunningOperator, reason: &str, before: u64) -> Result<()> {
@@ -212,13 +209,12 @@ async fn a_signed_module_from_a_registry_tag_converges_swaps_and_survives_the_re
     let (other_key, _) = work.pair("other")?;
     let trust = TrustPolicy::new(vec![TrustedKey::read(&public)?], vec![]);
     let (v1, v2) = dittofs_modules().await?;
-    let cache = shared_cache();
 
     // v1, signed, with the signature in both places.
     let v1_file = work.module("v1.wasm", &v1, Some(&key))?;
     push(&registry, "v1", &v1_file, &[])?;
     let reference = format!("oci://{}/dittofs/module:v1", registry.host());
-    let op = start(&client, &ns, &reference, &registry, trust.clone(), &cache).await?;
+    let op = start(client.clone(), ns.clone(), Follow::new(&reference, &registry, trust.clone())).await?;
     wait_active(&op, &digest(&v1)).await?;
     let servers = Servers::new(client.clone(), &ns);
     servers.create("from-oci", Percona::Off).await?;
@@ -308,7 +304,8 @@ async fn pinning_a_manifest_digest_is_a_rollback_that_a_push_to_the_tag_cannot_m
 
     // Pinned to v1's manifest while the tag holds v2.
     let pinned = format!("oci://{}/dittofs/module@{v1_manifest}", registry.host());
-    let op = start(&client, &ns, &pinned, &registry, TrustPolicy::default(), &shared_cache()).await?;
+    let op =
+        start(client.clone(), ns.clone(), Follow::new(&pinned, &registry, TrustPolicy::default())).await?;
     wait_active(&op, &digest(&v1)).await?;
     push(&registry, "stable", &v2_file, &[])?;
     tokio::time::sleep(POLL * 3).await;
@@ -341,39 +338,16 @@ async fn a_registry_with_basic_auth_is_reached_with_docker_config_credentials() 
     push(&registry, "v1", &v1_file, &["--registry-config", &s(&config)])?;
 
     let reference = format!("oci://{}/dittofs/module:v1", registry.host());
-    let cache = shared_cache();
-    let op = start_with_credentials(
-        &client,
-        &ns,
-        &reference,
-        &registry,
-        TrustPolicy::default(),
-        &cache,
-        Some(config),
-    )
-    .await?;
+    let follow =
+        Follow { credentials: Some(config), ..Follow::new(&reference, &registry, TrustPolicy::default()) };
+    let op = start(client.clone(), ns.clone(), follow).await?;
     wait_active(&op, &digest(&v1)).await?;
     op.shutdown().await;
 
-    // The host without them gets nothing, counts it, and does not start.
-    let anonymous = {
-        let (client, ns, reference) = (client.clone(), ns.clone(), reference.clone());
-        let host = registry.host();
-        tokio::spawn(async move {
-            let source = ModuleSource::Oci(OciSource {
-                reference: reference.parse()?,
-                poll_interval: POLL,
-                registry: RegistryConfig { insecure: vec![host], credentials: None },
-            });
-            let config = OperatorConfig {
-                scope: Scope { namespace: Some(ns), label_selector: None },
-                ..OperatorConfig::default()
-            };
-            let sandbox = SandboxConfig { cache: ModuleCache::Disabled, ..SandboxConfig::default() };
-            start_from_source(client, "the test cluster", &source, &sandbox, config).await?;
-            anyhow::Ok(())
-        })
-    };
+    // The host without them gets nothing, and does not start. Without a cache: a last
+    // good module would start it.
+    let follow = Follow { cache: None, ..Follow::new(&reference, &registry, TrustPolicy::default()) };
+    let anonymous = tokio::spawn(start(client.clone(), ns.clone(), follow));
     tokio::time::sleep(POLL * 3).await;
     ensure!(!anonymous.is_finished(), "a host refused by the registry must wait, not start");
     anonymous.abort();

@@ -19,7 +19,6 @@ use anyhow::{Context as _, Result};
 use base64::Engine as _;
 use kube::Client;
 use operator_support::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -136,24 +135,6 @@ async fn start(
 ) -> Result<RunningOperator, StartError> {
     start_from_source(client.clone(), "the test cluster", source, &sandbox(cache), config(namespace, trust))
         .await
-}
-
-async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
-    eventually(&format!("module {digest} to be active"), || async {
-        Ok((op.active.current().module.digest() == digest).then_some(()))
-    })
-    .await
-}
-
-async fn module_endpoint(op: &RunningOperator) -> Result<Value> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = some(op.http_addr(), "the HTTP address")?;
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(b"GET /module HTTP/1.0\r\nHost: test\r\n\r\n").await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (_, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
-    Ok(serde_json::from_str(body)?)
 }
 
 /// Pushes a candidate and waits for its refusal for `reason`, with `words` in the

@@ -356,3 +356,23 @@ pub async fn wait_converged(client: &Client, namespace: &str, name: &str, v2: bo
     })
     .await
 }
+
+/// Waits until the module with `digest` is `op`'s active one.
+pub async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
+    eventually(&format!("module {digest} to be active"), || async {
+        Ok((op.active.current().module.digest() == digest).then_some(()))
+    })
+    .await
+}
+
+/// `/module` of the operator, as JSON.
+pub async fn module_endpoint(op: &RunningOperator) -> Result<Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = some(op.http_addr(), "the HTTP address")?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(b"GET /module HTTP/1.0\r\nHost: test\r\n\r\n").await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (_, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+    Ok(serde_json::from_str(body)?)
+}
