@@ -41,6 +41,7 @@ run: build ## Build, start the local control plane (unless KUBECONFIG is set), r
 test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime, Node), host, end to end (with a local OCI registry)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-guest
+	@command -v openssl >/dev/null || { echo "make test: installing openssl (the signature tests make keys with it)"; apt-get install -y openssl >/dev/null; }
 	tests/registry/build.sh
 	scripts/with-cluster.sh $(CARGO) test --workspace --exclude dittofs-reconciler
 

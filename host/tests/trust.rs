@@ -18,8 +18,10 @@ struct Keys {
 }
 
 fn openssl(args: &[&str]) -> Output {
-    let output =
-        Command::new("openssl").args(args).output().expect("openssl runs (the Makefile installs it)");
+    let output = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs (make test installs it when missing)");
     assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     output
 }
