@@ -93,8 +93,9 @@ pub async fn load_file(
         .map_err(|source| LoadFileError::Read { path: signature_path(path), source })?;
     let bytes =
         source::decode(&raw).map_err(|source| LoadFileError::Decode { path: path.to_owned(), source })?;
+    let signatures: Vec<Vec<u8>> = signature.into_iter().collect();
     let signer = trust
-        .check(&bytes, &digest(&bytes), &Vec::from_iter(signature))
+        .check(&bytes, &digest(&bytes), &signatures)
         .map_err(|source| LoadFileError::Untrusted { path: path.to_owned(), source })?;
     let loaded = engine
         .load_async(bytes)

@@ -261,21 +261,20 @@ impl Swapper {
         })
     }
 
-    /// Checks a decoded module against the trust policy (step 2); returns the
-    /// signer's fingerprint.
-    fn trusted(&self, bytes: &[u8], payload: &Payload) -> Result<Option<String>, Refusal> {
-        let candidate = digest(bytes);
-        self.trust.check(bytes, &candidate, &payload.signatures).map_err(|untrusted| Refusal {
+    /// Checks a decoded module, of digest `candidate`, against the trust policy
+    /// (step 2); returns the signer's fingerprint.
+    fn trusted(&self, bytes: &[u8], candidate: &str, payload: &Payload) -> Result<Option<String>, Refusal> {
+        self.trust.check(bytes, candidate, &payload.signatures).map_err(|untrusted| Refusal {
             reason: untrusted.reason(),
             message: error_chain(&untrusted),
-            digest: candidate.clone(),
+            digest: candidate.to_owned(),
             transient: false,
         })
     }
 
-    /// Validates a decoded module (step 3): the runtime's checks, then the policy.
-    async fn validate(&self, bytes: Vec<u8>) -> Result<Arc<LoadedModule>, Refusal> {
-        let candidate = digest(&bytes);
+    /// Validates a decoded module of digest `candidate` (step 3): the runtime's checks,
+    /// then the policy.
+    async fn validate(&self, bytes: Vec<u8>, candidate: String) -> Result<Arc<LoadedModule>, Refusal> {
         let loaded = self.engine.load_async(bytes).await.map_err(|err| Refusal {
             reason: load_reason(&err),
             message: error_chain(&err),
@@ -294,8 +293,10 @@ impl Swapper {
     /// Decodes, trusts and validates one payload (steps 1 to 3).
     async fn accept(&self, payload: &Payload) -> Result<(Arc<LoadedModule>, Option<String>), Refusal> {
         let bytes = Self::decode(payload)?;
-        let signer = self.trusted(&bytes, payload)?;
-        Ok((self.validate(bytes).await?, signer))
+        // Hashed once: a module may be 64 MiB.
+        let candidate = digest(&bytes);
+        let signer = self.trusted(&bytes, &candidate, payload)?;
+        Ok((self.validate(bytes, candidate).await?, signer))
     }
 
     /// Keeps an accepted payload, as stored (gzip or not), with its signature, for
@@ -499,11 +500,12 @@ impl Swapper {
     ) -> Result<Option<Arc<LoadedModuleInfo>>, Refusal> {
         let bytes = Self::decode(payload)?;
         // Cheap before the validation: the same module again is no swap.
-        if digest(&bytes) == current.module.digest() {
+        let candidate = digest(&bytes);
+        if candidate == current.module.digest() {
             return Ok(None);
         }
-        let signer = self.trusted(&bytes, payload)?;
-        let loaded = self.validate(bytes).await?;
+        let signer = self.trusted(&bytes, &candidate, payload)?;
+        let loaded = self.validate(bytes, candidate).await?;
         let candidate = loaded.digest().to_owned();
         let refuse =
             |reason, message| Refusal { reason, message, digest: candidate.clone(), transient: false };
