@@ -17,7 +17,8 @@ fi
 
 module=target/modules/dittofs-reconciler.wasm
 host=target/release/wasm-operator
-addr=${WASM_OPERATOR_HTTP_ADDR:-127.0.0.1:8080}
+metrics_addr=${WASM_OPERATOR_METRICS_ADDR:-127.0.0.1:8080}
+probe_addr=${WASM_OPERATOR_PROBE_ADDR:-127.0.0.1:8081}
 say() { printf '\033[1m[run]\033[0m %s\n' "$*" >&2; }
 
 [[ -f $module && -x $host ]] || { say "build first: make build"; exit 1; }
@@ -41,14 +42,15 @@ say "installing the CRDs from crds/"
 "$kubectl" wait --for condition=Established --timeout=60s -f crds/ >/dev/null
 
 mkdir -p target/run
-say "starting wasm-operator (log: target/run/operator.log, metrics: http://$addr/metrics)"
-"$host" run --module "$module" --http-addr "$addr" >target/run/operator.log 2>&1 &
+say "starting wasm-operator (log: target/run/operator.log, metrics: http://$metrics_addr/metrics, module: http://$probe_addr/module)"
+"$host" run --module "$module" --metrics-bind-address "$metrics_addr" --health-probe-bind-address "$probe_addr" \
+  >target/run/operator.log 2>&1 &
 operator=$!
 trap 'say "stopping wasm-operator"; kill $operator 2>/dev/null; wait $operator 2>/dev/null || true;
       say "the cluster keeps running; stop it with: make cluster-down"' EXIT
 
 for _ in $(seq 1 60); do
-  curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && break
+  curl -fsS "http://$probe_addr/readyz" >/dev/null 2>&1 && break
   kill -0 $operator 2>/dev/null || { say "wasm-operator exited:"; tail -20 target/run/operator.log >&2; exit 1; }
   sleep 0.5
 done

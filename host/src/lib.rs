@@ -51,7 +51,8 @@ pub mod runtime;
 pub(crate) mod snapshot;
 
 pub use cluster::{
-    ConnectError, DiscoveryError, KindKey, KindRegistry, ObjectKey, PrimaryTarget, Scope, connect,
+    ConnectConfig, ConnectError, DiscoveryError, KindKey, KindRegistry, ObjectKey, PrimaryTarget, Scope,
+    connect,
 };
 pub use control::{Backoff, CaptureError, LeaseConfig, capture};
 pub use error::{error_chain, one_line};

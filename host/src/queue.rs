@@ -13,7 +13,13 @@
 //!   immediate trigger that superseded a delay.
 //!
 //! Concurrency across keys is the caller's: each worker takes one key at a time.
+//!
+//! With [`WorkQueue::with_metrics`] it records client-go's workqueue metrics: adds,
+//! retries (delayed runs because of [`Cause::Retry`]), how long a key waited between
+//! becoming ready and being handed out, and how long it was in flight;
+//! [`WorkQueue::in_flight`] gives the rest (depth, unfinished work) at scrape time.
 
+use crate::observe::WorkQueueMetrics;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -70,7 +76,10 @@ struct State<K> {
     deadlines: BTreeSet<(Instant, u64)>,
     by_seq: HashMap<u64, K>,
     seq: u64,
-    in_flight: HashSet<K>,
+    // Keys handed out, with when.
+    in_flight: HashMap<K, Instant>,
+    // When each queued key became ready.
+    ready_since: HashMap<K, Instant>,
     dirty: HashSet<K>,
     // Since when ready work has waited with no key handed out (`None`: none waits).
     waiting_since: Option<Instant>,
@@ -81,6 +90,20 @@ struct State<K> {
 pub struct WorkQueue<K> {
     state: Mutex<State<K>>,
     notify: Notify,
+    metrics: Option<WorkQueueMetrics>,
+}
+
+/// The keys in flight at one moment, for the metrics read at scrape time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct InFlight {
+    /// Keys ready and waiting for a worker.
+    pub depth: usize,
+    /// Keys being reconciled.
+    pub count: usize,
+    /// The sum of how long each has been in flight, seconds.
+    pub unfinished_seconds: f64,
+    /// How long the oldest has been in flight, seconds.
+    pub longest_seconds: f64,
 }
 
 impl<K: Clone + Eq + Hash> Default for WorkQueue<K> {
@@ -101,11 +124,32 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                 deadlines: BTreeSet::new(),
                 by_seq: HashMap::new(),
                 seq: 0,
-                in_flight: HashSet::new(),
+                in_flight: HashMap::new(),
+                ready_since: HashMap::new(),
                 dirty: HashSet::new(),
                 waiting_since: None,
             }),
             notify: Notify::new(),
+            metrics: None,
+        }
+    }
+
+    /// An empty queue recording into `metrics`.
+    pub fn with_metrics(metrics: WorkQueueMetrics) -> Self {
+        Self { metrics: Some(metrics), ..Self::new() }
+    }
+
+    /// Depth and keys in flight now.
+    pub fn in_flight(&self) -> InFlight {
+        let state = self.lock();
+        let now = Instant::now();
+        let ages = state.in_flight.values().map(|since| now.saturating_duration_since(*since).as_secs_f64());
+        let (unfinished, longest) = ages.fold((0.0, 0.0_f64), |(sum, max), age| (sum + age, max.max(age)));
+        InFlight {
+            depth: state.ready.len(),
+            count: state.in_flight.len(),
+            unfinished_seconds: unfinished,
+            longest_seconds: longest,
         }
     }
 
@@ -118,7 +162,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     /// Reconcile `key` as soon as possible, because of `cause`.
     pub fn enqueue(&self, key: K, cause: Cause) {
         let mut state = self.lock();
-        Self::make_ready(&mut state, key, cause);
+        self.make_ready(&mut state, key, cause);
         drop(state);
         self.notify.notify_one();
     }
@@ -134,6 +178,11 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         let mut state = self.lock();
         if state.queued.contains(&key) {
             return;
+        }
+        if cause == Cause::Retry
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.retries.inc();
         }
         if let Some(&(existing, _, _)) = state.delayed.get(&key) {
             if existing <= at {
@@ -159,19 +208,24 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         Some(cause)
     }
 
-    fn make_ready(state: &mut State<K>, key: K, cause: Cause) {
+    fn make_ready(&self, state: &mut State<K>, key: K, cause: Cause) {
         Self::undelay(state, &key);
-        if state.in_flight.contains(&key) {
+        if state.in_flight.contains_key(&key) {
             state.causes.entry(key.clone()).or_insert(cause);
             state.dirty.insert(key);
         } else if state.queued.insert(key.clone()) {
+            let now = Instant::now();
             state.causes.insert(key.clone(), cause);
+            state.ready_since.insert(key.clone(), now);
             state.ready.push_back(key);
-            state.waiting_since.get_or_insert_with(Instant::now);
+            state.waiting_since.get_or_insert(now);
+            if let Some(metrics) = &self.metrics {
+                metrics.adds.inc();
+            }
         }
     }
 
-    fn promote_due(state: &mut State<K>, now: Instant) -> Option<Instant> {
+    fn promote_due(&self, state: &mut State<K>, now: Instant) -> Option<Instant> {
         while let Some(&(at, seq)) = state.deadlines.first() {
             if at > now {
                 return Some(at);
@@ -180,7 +234,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
             if let Some(key) = state.by_seq.remove(&seq)
                 && let Some((_, _, cause)) = state.delayed.remove(&key)
             {
-                Self::make_ready(state, key, cause);
+                self.make_ready(state, key, cause);
             }
         }
         None
@@ -197,10 +251,16 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
             notified.as_mut().enable();
             let next_deadline = {
                 let mut state = self.lock();
-                let next_deadline = Self::promote_due(&mut state, Instant::now());
+                let now = Instant::now();
+                let next_deadline = self.promote_due(&mut state, now);
                 if let Some(key) = state.ready.pop_front() {
                     state.queued.remove(&key);
-                    state.in_flight.insert(key.clone());
+                    if let Some(since) = state.ready_since.remove(&key)
+                        && let Some(metrics) = &self.metrics
+                    {
+                        metrics.queue_duration.observe(now.saturating_duration_since(since).as_secs_f64());
+                    }
+                    state.in_flight.insert(key.clone(), now);
                     let cause = state.causes.remove(&key).unwrap_or(Cause::Requeue);
                     let more = !state.ready.is_empty();
                     state.waiting_since = more.then(Instant::now);
@@ -243,10 +303,14 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     /// again at once.
     pub fn done(&self, key: &K) {
         let mut state = self.lock();
-        state.in_flight.remove(key);
+        if let Some(since) = state.in_flight.remove(key)
+            && let Some(metrics) = &self.metrics
+        {
+            metrics.work_duration.observe(Instant::now().saturating_duration_since(since).as_secs_f64());
+        }
         if state.dirty.remove(key) {
             let cause = state.causes.remove(key).unwrap_or(Cause::Requeue);
-            Self::make_ready(&mut state, key.clone(), cause);
+            self.make_ready(&mut state, key.clone(), cause);
             drop(state);
             self.notify.notify_one();
         }
@@ -259,6 +323,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         state.dirty.remove(key);
         state.causes.remove(key);
         if state.queued.remove(key) {
+            state.ready_since.remove(key);
             state.ready.retain(|k| k != key);
             if state.ready.is_empty() {
                 state.waiting_since = None;
@@ -407,5 +472,40 @@ mod tests {
         assert_eq!(next_now(&queue).await, None);
         queue.enqueue("a", Cause::Primary);
         assert_eq!(next_now(&queue).await, Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_records_client_gos_workqueue_metrics() {
+        let metrics = crate::observe::Metrics::new();
+        let queue = WorkQueue::with_metrics(metrics.work_queue("thing"));
+        queue.enqueue("a", Cause::Primary);
+        queue.enqueue("a", Cause::Primary);
+        queue.enqueue("b", Cause::Primary);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(next_now(&queue).await, Some("a"));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let now = queue.in_flight();
+        assert_eq!((now.depth, now.count), (1, 1));
+        assert_eq!(now.longest_seconds, 3.0);
+        assert_eq!(now.unfinished_seconds, 3.0);
+        queue.done(&"a");
+        queue.enqueue_after("a", Duration::from_secs(1), Cause::Retry);
+        queue.enqueue_after("c", Duration::from_secs(1), Cause::Requeue);
+        metrics.set_queue("thing", queue.in_flight(), 4);
+        let text = metrics.encode();
+        for line in [
+            "workqueue_adds_total{name=\"thing\"} 2",
+            "workqueue_retries_total{name=\"thing\"} 1",
+            "workqueue_queue_duration_seconds_count{name=\"thing\"} 1",
+            "workqueue_queue_duration_seconds_sum{name=\"thing\"} 2.0",
+            "workqueue_work_duration_seconds_count{name=\"thing\"} 1",
+            "workqueue_work_duration_seconds_sum{name=\"thing\"} 3.0",
+            "workqueue_depth{name=\"thing\"} 1",
+            "workqueue_unfinished_work_seconds{name=\"thing\"} 0.0",
+            "controller_runtime_active_workers{controller=\"thing\"} 0",
+            "controller_runtime_max_concurrent_reconciles{controller=\"thing\"} 4",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

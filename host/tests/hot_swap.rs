@@ -136,7 +136,8 @@ async fn push_raw(client: &Client, namespace: &str, bytes: Vec<u8>) -> Result<()
 fn config(namespace: &str) -> OperatorConfig {
     OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
-        http_addr: Some("127.0.0.1:0".parse().expect("an address")),
+        probe_addr: Some("127.0.0.1:0".parse().expect("an address")),
+        metrics_addr: Some("127.0.0.1:0".parse().expect("an address")),
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("hot-swap-test".into()),
         ..OperatorConfig::default()

@@ -175,7 +175,8 @@ async fn start(client: Client, namespace: String, follow: Follow) -> Result<Runn
     });
     let config = OperatorConfig {
         scope: Scope { namespace: Some(namespace), label_selector: None },
-        http_addr: Some("127.0.0.1:0".parse()?),
+        probe_addr: Some("127.0.0.1:0".parse()?),
+        metrics_addr: Some("127.0.0.1:0".parse()?),
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("oci-test".into()),
         trust: follow.trust,

@@ -592,14 +592,14 @@ async fn healthz_fails_when_every_worker_is_stuck_and_shutdown_does_not_wait_for
     let config = wasm_operator::OperatorConfig {
         scope: wasm_operator::Scope { namespace: Some(ns.clone()), label_selector: None },
         concurrency: 2,
-        http_addr: Some("127.0.0.1:0".parse()?),
+        probe_addr: Some("127.0.0.1:0".parse()?),
         stall_timeout: Duration::from_secs(2),
         drain_timeout: std::time::Duration::from_secs(1),
         ..wasm_operator::OperatorConfig::default()
     };
     let op =
         wasm_operator::RunningOperator::start(client.clone(), "the test cluster", module, config).await?;
-    let addr = some(op.http_addr(), "the HTTP address")?;
+    let addr = some(op.probe_addr(), "the probe address")?;
     wait_ready(&op).await?;
     // A healthy replica with nothing to do, and one that keeps up, stay healthy.
     create_mirror(&client, &ns, "fine", json!({})).await?;
@@ -630,8 +630,15 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
     let module = mirror_module().await?;
     let digest = wasm_operator::Module::digest(module.as_ref()).to_owned();
     let op = start_operator(&client, module, ns.name()).await?;
-    let addr = some(op.http_addr(), "the HTTP address")?;
+    let addr = some(op.probe_addr(), "the probe address")?;
+    let metrics_addr = some(op.metrics_addr(), "the metrics address")?;
+    assert_ne!(addr, metrics_addr);
     assert_eq!(http_get(addr, "/healthz").await?.0, 200);
+    // Each port serves its own endpoints only, so that a NetworkPolicy can open them
+    // to different clients.
+    assert_eq!(http_get(addr, "/metrics").await?.0, 404, "metrics on the probe port");
+    assert_eq!(http_get(metrics_addr, "/module").await?.0, 404, "/module on the metrics port");
+    assert_eq!(http_get(metrics_addr, "/healthz").await?.0, 404, "/healthz on the metrics port");
     eventually("/readyz to answer 200", || async {
         Ok((http_get(addr, "/readyz").await?.0 == 200).then_some(()))
     })
@@ -646,7 +653,7 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
 
     create_mirror(&client, ns.name(), "m", json!({"data": {"a": "1"}})).await?;
     let metrics = eventually("a successful reconcile in /metrics", || async {
-        let (_, body) = http_get(addr, "/metrics").await?;
+        let (_, body) = http_get(metrics_addr, "/metrics").await?;
         Ok(body.contains("wasm_operator_reconciles_total{result=\"success\"}").then_some(body))
     })
     .await?;
@@ -657,6 +664,20 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
         "wasm_operator_writes_total{op=\"apply\"}",
         "wasm_operator_module_info{name=\"configmap-mirror\"",
         "wasm_operator_module_loaded_timestamp_seconds",
+        // client-go's and controller-runtime's names, the controller named after the
+        // primary kind; the process's own.
+        "workqueue_adds_total{name=\"mirror\"}",
+        "workqueue_depth{name=\"mirror\"}",
+        "workqueue_queue_duration_seconds_count{name=\"mirror\"}",
+        "workqueue_work_duration_seconds_count{name=\"mirror\"}",
+        "workqueue_unfinished_work_seconds{name=\"mirror\"}",
+        "workqueue_longest_running_processor_seconds{name=\"mirror\"}",
+        "controller_runtime_active_workers{controller=\"mirror\"}",
+        "controller_runtime_max_concurrent_reconciles{controller=\"mirror\"} 4",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
     ] {
         assert!(metrics.contains(name), "{name} missing from\n{metrics}");
     }

@@ -108,7 +108,8 @@ fn sandbox(cache: ModuleCache) -> SandboxConfig {
 fn config(namespace: &str, trust: TrustPolicy) -> OperatorConfig {
     OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
-        http_addr: Some("127.0.0.1:0".parse().expect("an address")),
+        probe_addr: Some("127.0.0.1:0".parse().expect("an address")),
+        metrics_addr: Some("127.0.0.1:0".parse().expect("an address")),
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("supply-test".into()),
         trust,

@@ -99,7 +99,8 @@ pub struct HostProcess {
     name: String,
     child: Mutex<Option<Child>>,
     pid: u32,
-    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    probe_addr: SocketAddr,
     log: PathBuf,
 }
 
@@ -126,7 +127,8 @@ impl HostProcess {
         let file = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let mut command = Command::new(&artifacts.host);
         command
-            .args(["--log-format", "json", "run", "--http-addr", "127.0.0.1:0"])
+            .args(["--log-format", "json", "run"])
+            .args(["--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "127.0.0.1:0"])
             .args(if options.all_namespaces {
                 vec![]
             } else {
@@ -153,10 +155,12 @@ impl HostProcess {
             name: options.name,
             child: Mutex::new(Some(child)),
             pid,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            probe_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
         };
-        host.addr = host.wait_for_addr().await?;
+        host.metrics_addr = host.wait_for_addr("serving /metrics").await?;
+        host.probe_addr = host.wait_for_addr("serving /healthz").await?;
         Ok(host)
     }
 
@@ -170,9 +174,14 @@ impl HostProcess {
         self.pid
     }
 
-    /// The address of its HTTP endpoints.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address of `/metrics`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The address of `/healthz`, `/readyz` and `/module`.
+    pub fn probe_addr(&self) -> SocketAddr {
+        self.probe_addr
     }
 
     /// Its log file (JSON lines).
@@ -180,15 +189,14 @@ impl HostProcess {
         &self.log
     }
 
-    async fn wait_for_addr(&self) -> Result<SocketAddr> {
-        let what = format!("replica {} to serve HTTP (log: {})", self.name, self.log.display());
+    /// The address the log line starting with `message` names.
+    async fn wait_for_addr(&self, message: &str) -> Result<SocketAddr> {
+        let what = format!("replica {} to log {message:?} (log: {})", self.name, self.log.display());
         wait_until(what, DEFAULT_TIMEOUT, || async {
             self.check_alive()?;
             for line in self.log_lines() {
-                let serving = line
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .is_some_and(|m| m.starts_with("serving /metrics"));
+                let serving =
+                    line.get("message").and_then(Value::as_str).is_some_and(|m| m.starts_with(message));
                 if serving && let Some(addr) = line.get("addr").and_then(Value::as_str) {
                     return Ok(Some(
                         addr.parse::<SocketAddr>().with_context(|| format!("bad addr {addr:?}"))?,
@@ -249,10 +257,12 @@ impl HostProcess {
             .collect()
     }
 
-    /// A plain HTTP/1.0 GET: status code and body.
+    /// A plain HTTP/1.0 GET of `/metrics` on the metrics port, of any other path on
+    /// the probe port: status code and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let addr = if path == "/metrics" { self.metrics_addr } else { self.probe_addr };
         let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
             stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await?;
             let mut response = String::new();
             stream.read_to_string(&mut response).await?;

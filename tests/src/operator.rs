@@ -2,8 +2,9 @@
 //!
 //! Each test starts its own host, scoped to the test's namespace (`--namespace`), so
 //! tests run in parallel without seeing each other's objects. The host serves its
-//! HTTP endpoints on an ephemeral loopback port (`--http-addr 127.0.0.1:0`), found in
-//! its JSON log; the log is kept under `target/e2e/<namespace>/` for diagnosis. The
+//! metrics and probe endpoints on ephemeral loopback ports
+//! (`--metrics-bind-address 127.0.0.1:0 --health-probe-bind-address 127.0.0.1:0`),
+//! found in its JSON log; the log is kept under `target/e2e/<namespace>/` for diagnosis. The
 //! process is killed when its [`Operator`] is dropped, also when the test panics.
 //!
 //! Both artifacts are checked once per test process, so a plain `cargo test -p e2e`

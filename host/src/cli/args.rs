@@ -1,6 +1,7 @@
 //! The subcommands' flags, and their conversion into the library's plain
 //! configuration types. Nothing outside `cli/` sees these structs.
 
+use crate::cluster::ConnectConfig;
 use crate::lifecycle::trust::{KeyError, PinnedDigest, TrustPolicy, TrustedKey};
 use crate::lifecycle::{ConfigMapSource, OciReference, RegistryConfig, SignatureLocation};
 use crate::policy::{
@@ -33,6 +34,9 @@ pub struct PushArgs {
     /// How to reach the registry.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// The cluster to upload to (`--configmap`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// The module (a `.wasm` file).
     #[arg(value_name = "FILE.wasm")]
     pub file: PathBuf,
@@ -55,6 +59,44 @@ pub struct PushArgs {
     /// Limits of the module sandbox; use the operator's.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+}
+
+/// Which cluster to talk to, as kubectl's flags say it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cluster connection")]
+pub struct ClusterArgs {
+    /// The kubeconfig file (default: KUBECONFIG, else ~/.kube/config, else the
+    /// in-cluster service account).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The library's connection settings.
+    pub fn config(&self) -> ConnectConfig {
+        ConnectConfig { kubeconfig: self.kubeconfig.clone(), context: self.context.clone() }
+    }
+}
+
+/// An endpoint's address: `None` when turned off (`0`).
+pub type BindAddress = Option<SocketAddr>;
+
+/// `--metrics-bind-address`, `--health-probe-bind-address`: `HOST:PORT`, `:PORT`
+/// (every interface), or `0` (off), as controller-runtime takes them.
+fn parse_bind_address(text: &str) -> Result<BindAddress, String> {
+    if text == "0" {
+        return Ok(None);
+    }
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_owned(),
+    };
+    full.parse::<SocketAddr>().map(Some).map_err(|_| {
+        format!("expected HOST:PORT, :PORT or 0 (off), e.g. :8080 or 127.0.0.1:8080, not {text:?}")
+    })
 }
 
 /// `--oci-signature`.
@@ -87,6 +129,7 @@ fn parse_push_reference(text: &str) -> Result<OciReference, String> {
 
 /// How registries are reached (`--module oci://…`, `module push --oci`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Registry")]
 pub struct RegistryArgs {
     /// A Docker config file (`config.json`, e.g. a mounted
     /// kubernetes.io/dockerconfigjson Secret's `.dockerconfigjson`) with credentials
@@ -112,6 +155,7 @@ impl RegistryArgs {
 
 /// Which modules are trusted: signed by one of the keys, with one of the digests.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Module trust")]
 pub struct TrustArgs {
     /// Accept only modules signed by this ECDSA P-256 public key (PEM, as `cosign
     /// generate-key-pair` or `openssl pkey -pubout` write it; the signature as
@@ -169,6 +213,7 @@ pub struct VerifyArgs {
 
 /// The sandbox every module call runs in.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Module sandbox")]
 pub struct SandboxArgs {
     /// Maximum linear memory of one module instance, in MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
@@ -275,9 +320,20 @@ pub struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "wasm-operator", value_name = "NAME")]
     pub lease_name: String,
-    /// Address of the HTTP server for /metrics, /healthz, /readyz and /module.
-    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
-    pub http_addr: SocketAddr,
+    /// Where to serve /metrics, as HOST:PORT or :PORT (all interfaces); `0` turns the
+    /// metrics endpoint off.
+    #[arg(long, default_value = ":8080", value_name = "ADDR", value_parser = parse_bind_address, help_heading = "Endpoints")]
+    pub metrics_bind_address: BindAddress,
+    /// Where to serve /healthz, /readyz (the kubelet's probes) and /module (the active
+    /// module, as JSON), as HOST:PORT or :PORT; `0` turns them off.
+    #[arg(long, default_value = ":8081", value_name = "ADDR", value_parser = parse_bind_address, help_heading = "Endpoints")]
+    pub health_probe_bind_address: BindAddress,
+    /// Replaced by --metrics-bind-address and --health-probe-bind-address.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    pub http_addr: Option<String>,
+    /// The cluster to connect to.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Limits of the module sandbox.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -295,6 +351,7 @@ pub struct RunArgs {
 /// The administrator's policy: what any module may do. A manifest can ask for less,
 /// never for more; a module that needs more is refused at start and at hot swap.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Administrator's policy")]
 pub struct PolicyArgs {
     /// Allow modules to write a kind refused by default (RBAC, ServiceAccounts, Pods,
     /// admission, CRDs, certificates, Nodes), as GROUP/KIND, e.g. core/Pod or
@@ -380,6 +437,7 @@ impl PolicyArgs {
 /// What one outcome may hold; an outcome over a cap is a module failure, reported and
 /// retried with backoff, and none of its actions runs.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Outcome caps")]
 pub struct OutcomeArgs {
     /// Most actions in one outcome.
     #[arg(long, default_value_t = 256, value_name = "N")]
@@ -442,6 +500,9 @@ pub struct SnapshotArgs {
     /// The module whose manifest says what the snapshot holds.
     #[arg(long, value_name = "PATH", env = "WASM_OPERATOR_MODULE")]
     pub module: PathBuf,
+    /// The cluster to connect to.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Limits of the module sandbox.
     #[command(flatten)]
     pub sandbox: SandboxArgs,
@@ -564,5 +625,16 @@ mod tests {
         let args = Sandbox::parse_from(["test", "--memory-limit-mib", &u64::MAX.to_string()]).sandbox;
         let err = args.config(1).limits.validate().expect_err("refused");
         assert!(err.to_string().contains("memory limit of"), "{err}");
+    }
+
+    #[test]
+    fn bind_addresses_take_controller_runtimes_forms() {
+        assert_eq!(parse_bind_address(":8080"), Ok(Some("0.0.0.0:8080".parse().expect("an address"))));
+        assert_eq!(parse_bind_address("127.0.0.1:0"), Ok(Some("127.0.0.1:0".parse().expect("an address"))));
+        assert_eq!(parse_bind_address("[::1]:9090"), Ok(Some("[::1]:9090".parse().expect("an address"))));
+        assert_eq!(parse_bind_address("0"), Ok(None));
+        let err = parse_bind_address("8080").expect_err("a bare port is ambiguous");
+        assert!(err.contains(":PORT"), "{err}");
+        assert!(parse_bind_address("localhost:8080").is_err(), "names are not resolved");
     }
 }

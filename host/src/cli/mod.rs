@@ -35,6 +35,37 @@ pub struct Cli {
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "WASM_OPERATOR_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Log level. Without it, RUST_LOG's directives apply (e.g.
+    /// `info,wasm_operator::control=debug`), else `info`; with it, RUST_LOG is ignored.
+    #[arg(long, global = true, value_enum, value_name = "LEVEL", env = "WASM_OPERATOR_LOG_LEVEL")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// Log levels, most to least severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Failures only.
+    Error,
+    /// Failures and what may need attention.
+    Warn,
+    /// What the operator does (the default).
+    Info,
+    /// Every decision.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    fn directive(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
 }
 
 /// The subcommands.
@@ -108,7 +139,7 @@ pub enum LogFormat {
 /// Parses the command line, runs the subcommand and returns the process exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, cli.log_level);
     let result = match cli.command {
         Command::Reconcile(args) => offline::reconcile(&args),
         Command::Manifest(args) => offline::manifest(&args),
@@ -135,9 +166,12 @@ fn in_runtime(work: impl std::future::Future<Output = Result<(), Failure>>) -> R
     runtime.block_on(work).inspect_err(|failure| tracing::error!("{}", failure.message()))
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: Option<LogLevel>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match level {
+        Some(level) => EnvFilter::new(level.directive()),
+        None => EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -144,7 +144,10 @@ pub fn push(args: &PushArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let resource_version = runtime()?.block_on(async {
-        let (client, _) = crate::connect().await.map_err(|err| Failure::cannot_run_with(None, &err))?;
+        let (client, _) =
+            crate::connect(&args.cluster.config(), &crate::observe::RestClientMetrics::default())
+                .await
+                .map_err(|err| Failure::cannot_run_with(None, &err))?;
         configmap
             .upload(&client, compressed, signature, &args.field_manager)
             .await

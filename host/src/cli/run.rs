@@ -5,11 +5,18 @@ use super::args::RunArgs;
 use super::failure::Failure;
 use crate::control::{Backoff, LeaseConfig};
 use crate::lifecycle::{ModuleSource, OciSource, load_module};
+use crate::observe::RestClientMetrics;
 use crate::{OperatorConfig, Scope, connect, start_from_source};
 use std::time::{Duration, SystemTime};
 
 /// `wasm-operator run`.
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    if let Some(addr) = &args.http_addr {
+        return Err(Failure::cannot_run(format_args!(
+            "--http-addr={addr} was split in two: --metrics-bind-address for /metrics (default :8080) and \
+             --health-probe-bind-address for /healthz, /readyz and /module (default :8081)"
+        )));
+    }
     let concurrency = usize::from(args.concurrency);
     let sandbox = args.sandbox.config(concurrency);
     let source = match (&args.module, &args.module_configmap) {
@@ -42,7 +49,10 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         let manifest = crate::Module::manifest(module.as_ref());
         tracing::info!(name = %manifest.name, version = %manifest.version, digest = %crate::Module::digest(module.as_ref()), "module valid");
     }
-    let (client, server) = connect().await.map_err(|err| Failure::failed_with(None, &err))?;
+    let rest_client = RestClientMetrics::default();
+    let (client, server) = connect(&args.cluster.config(), &rest_client)
+        .await
+        .map_err(|err| Failure::failed_with(None, &err))?;
     let instance = instance_name();
     let leader = args.leader_elect.then(|| {
         // Unique per process, so a restarted pod with the same name is a new
@@ -58,7 +68,9 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let config = OperatorConfig {
         scope: Scope { namespace: args.namespace.clone(), label_selector: args.label_selector.clone() },
         concurrency,
-        http_addr: Some(args.http_addr),
+        metrics_addr: args.metrics_bind_address,
+        probe_addr: args.health_probe_bind_address,
+        rest_client,
         leader,
         backoff: Backoff::default(),
         instance: Some(instance),

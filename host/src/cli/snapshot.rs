@@ -4,6 +4,7 @@
 use super::args::SnapshotArgs;
 use super::failure::Failure;
 use crate::lifecycle::{TrustPolicy, load_module};
+use crate::observe::RestClientMetrics;
 use crate::{ObjectKey, capture, connect};
 
 /// `wasm-operator snapshot`.
@@ -20,7 +21,9 @@ pub async fn snapshot(args: SnapshotArgs) -> Result<(), Failure> {
     let module = load_module(&args.module, &args.sandbox.config(1), 1, &TrustPolicy::default())
         .await
         .map_err(|err| Failure::failed_with(None, &err))?;
-    let (client, server) = connect().await.map_err(|err| Failure::failed_with(None, &err))?;
+    let (client, server) = connect(&args.cluster.config(), &RestClientMetrics::default())
+        .await
+        .map_err(|err| Failure::failed_with(None, &err))?;
     let snapshot = capture(&client, &server, module.as_ref(), &key)
         .await
         .map_err(|err| Failure::failed_with(None, &err))?;

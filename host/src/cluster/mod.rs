@@ -9,7 +9,7 @@ pub(crate) mod sync;
 pub(crate) mod trigger;
 pub(crate) mod watches;
 
-pub use connect::{ConnectError, connect};
+pub use connect::{ConnectConfig, ConnectError, connect};
 pub use discovery::{DiscoveryError, KindLookup, KindRegistry};
 pub use index::{KindKey, ObjectKey, PrimaryTarget};
 pub use watches::Scope;

@@ -1,4 +1,7 @@
-//! The HTTP endpoints on `--http-addr`: `/metrics`, `/healthz`, `/readyz`, `/module`.
+//! The HTTP endpoints: `/metrics` on `--metrics-bind-address`, and `/healthz`,
+//! `/readyz`, `/module` on `--health-probe-bind-address` (controller-runtime's split,
+//! so that a NetworkPolicy can open the metrics port to Prometheus alone and the
+//! probe port to the kubelet).
 //!
 //! - `/healthz` answers 200 while the replica reconciles (or is a follower), and 503
 //!   with the reason when it leads but has stopped: no worker alive, or work waiting
@@ -41,10 +44,14 @@ pub struct HttpState {
     pub refresh: Arc<dyn Fn() + Send + Sync>,
 }
 
-/// The router of the endpoints.
-pub fn router(state: HttpState) -> Router {
+/// The router of `/metrics`.
+pub fn metrics_router(state: HttpState) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(state)
+}
+
+/// The router of `/healthz`, `/readyz` and `/module`.
+pub fn probe_router(state: HttpState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/module", get(module))

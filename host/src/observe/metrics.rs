@@ -4,6 +4,12 @@
 //! (results, action ops), never with object names, so cardinality stays constant
 //! whatever the cluster holds. `wasm_operator_writes_total` counts every mutating API
 //! request the executor issues, so an idle, converged operator shows it flat.
+//!
+//! Beside the operator's own `wasm_operator_*` families, the ones client-go and
+//! controller-runtime users already chart, under their names: `workqueue_*` (labelled
+//! `name`, the primary kind in lower case), `rest_client_*` ([`super::rest`]),
+//! `controller_runtime_active_workers` and `controller_runtime_max_concurrent_reconciles`
+//! (labelled `controller`, the same name), and `process_*` ([`super::process`]).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +18,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use super::process::ProcessCollector;
+use super::rest::RestClientMetrics;
+use crate::queue::InFlight;
+
+/// A gauge of seconds.
+type SecondsGauge = Gauge<f64, AtomicU64>;
 use std::time::{Duration, SystemTime};
 
 /// Labels of a reconcile's result.
@@ -70,6 +84,109 @@ pub struct CacheLabels {
     pub kind: String,
 }
 
+/// Labels of client-go's workqueue metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// The queue's name: the controller's (the primary kind in lower case).
+    pub name: String,
+}
+
+/// Labels of controller-runtime's controller metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// The controller's name (the primary kind in lower case).
+    pub controller: String,
+}
+
+/// What one work queue records as it runs ([`crate::queue::WorkQueue::with_metrics`]);
+/// handles into [`Metrics`]' families.
+#[derive(Debug, Clone)]
+pub struct WorkQueueMetrics {
+    /// Keys made ready (not counting triggers of a key already queued).
+    pub adds: Counter,
+    /// Runs delayed for a retry after a failure.
+    pub retries: Counter,
+    /// Seconds from ready to handed out.
+    pub queue_duration: Histogram,
+    /// Seconds from handed out to done.
+    pub work_duration: Histogram,
+}
+
+/// client-go's and controller-runtime's queue and worker families.
+#[derive(Debug)]
+struct QueueFamilies {
+    adds: Family<QueueLabels, Counter>,
+    retries: Family<QueueLabels, Counter>,
+    queue_duration: Family<QueueLabels, Histogram>,
+    work_duration: Family<QueueLabels, Histogram>,
+    depth: Family<QueueLabels, Gauge>,
+    unfinished: Family<QueueLabels, SecondsGauge>,
+    longest: Family<QueueLabels, SecondsGauge>,
+    active_workers: Family<ControllerLabels, Gauge>,
+    max_concurrent: Family<ControllerLabels, Gauge>,
+}
+
+impl QueueFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        // client-go's buckets: 1 µs to 1000 s, by tens.
+        let seconds = || Histogram::new(exponential_buckets(1e-6, 10.0, 10));
+        let families = Self {
+            adds: Family::default(),
+            retries: Family::default(),
+            queue_duration: Family::new_with_constructor(seconds),
+            work_duration: Family::new_with_constructor(seconds),
+            depth: Family::default(),
+            unfinished: Family::default(),
+            longest: Family::default(),
+            active_workers: Family::default(),
+            max_concurrent: Family::default(),
+        };
+        registry.register(
+            "workqueue_adds",
+            "Total number of adds handled by workqueue",
+            families.adds.clone(),
+        );
+        registry.register(
+            "workqueue_retries",
+            "Total number of retries handled by workqueue",
+            families.retries.clone(),
+        );
+        registry.register(
+            "workqueue_queue_duration_seconds",
+            "How long in seconds an item stays in workqueue before being requested",
+            families.queue_duration.clone(),
+        );
+        registry.register(
+            "workqueue_work_duration_seconds",
+            "How long in seconds processing an item from workqueue takes",
+            families.work_duration.clone(),
+        );
+        registry.register("workqueue_depth", "Current depth of workqueue", families.depth.clone());
+        registry.register(
+            "workqueue_unfinished_work_seconds",
+            "How many seconds of work has been done that is in progress and hasn't been observed by \
+             work_duration; large values indicate stuck threads",
+            families.unfinished.clone(),
+        );
+        registry.register(
+            "workqueue_longest_running_processor_seconds",
+            "How many seconds has the longest running processor for workqueue been running",
+            families.longest.clone(),
+        );
+        registry.register(
+            "controller_runtime_active_workers",
+            "Number of currently used workers per controller",
+            families.active_workers.clone(),
+        );
+        registry.register(
+            "controller_runtime_max_concurrent_reconciles",
+            "Maximum number of concurrent reconciles per controller",
+            families.max_concurrent.clone(),
+        );
+        families
+    }
+}
+
 /// The operator's metrics and their registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -111,6 +228,7 @@ pub struct Metrics {
     /// Batches held back by the write budget, by the limit they ran into (`rate`,
     /// `bytes`, `overall`).
     pub write_budget_exceeded: Family<ReasonLabels, Counter>,
+    queues: QueueFamilies,
     active: Mutex<Option<ModuleLabels>>,
 }
 
@@ -121,9 +239,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Fresh metrics, registered under `wasm_operator_`.
+    /// Fresh metrics: the operator's under `wasm_operator_`, with no API request
+    /// counts (see [`Metrics::with_rest_client`]).
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("wasm_operator");
+        Self::with_rest_client(&RestClientMetrics::default())
+    }
+
+    /// Fresh metrics that include `rest`, the API request counts the client's layer
+    /// records.
+    pub fn with_rest_client(rest: &RestClientMetrics) -> Self {
+        let mut root = Registry::default();
+        let queues = QueueFamilies::register(&mut root);
+        rest.register(&mut root);
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("wasm_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -203,7 +332,7 @@ impl Metrics {
             write_budget_exceeded.clone(),
         );
         Self {
-            registry,
+            registry: root,
             reconciles,
             reconcile_duration,
             wasm_call_duration,
@@ -221,6 +350,7 @@ impl Metrics {
             reconcile_panics,
             module_call_errors,
             write_budget_exceeded,
+            queues,
             active: Mutex::new(None),
         }
     }
@@ -325,9 +455,30 @@ impl Metrics {
         total
     }
 
-    /// The registry for more metrics (e.g. the runtime's).
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
+    /// What the work queue of controller `name` records into.
+    pub fn work_queue(&self, name: &str) -> WorkQueueMetrics {
+        let labels = QueueLabels { name: name.to_owned() };
+        WorkQueueMetrics {
+            adds: self.queues.adds.get_or_create(&labels).clone(),
+            retries: self.queues.retries.get_or_create(&labels).clone(),
+            queue_duration: self.queues.queue_duration.get_or_create(&labels).clone(),
+            work_duration: self.queues.work_duration.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Sets controller `name`'s gauges read at scrape time: queue depth, unfinished
+    /// work, active workers, and the worker count.
+    pub fn set_queue(&self, name: &str, now: InFlight, workers: usize) {
+        let queue = QueueLabels { name: name.to_owned() };
+        let controller = ControllerLabels { controller: name.to_owned() };
+        self.queues.depth.get_or_create(&queue).set(i64::try_from(now.depth).unwrap_or(i64::MAX));
+        self.queues.unfinished.get_or_create(&queue).set(now.unfinished_seconds);
+        self.queues.longest.get_or_create(&queue).set(now.longest_seconds);
+        self.queues
+            .active_workers
+            .get_or_create(&controller)
+            .set(i64::try_from(now.count).unwrap_or(i64::MAX));
+        self.queues.max_concurrent.get_or_create(&controller).set(i64::try_from(workers).unwrap_or(i64::MAX));
     }
 
     /// The metrics in the Prometheus/OpenMetrics text format.

@@ -19,7 +19,7 @@ use crate::lifecycle::{
     LoadFileError, ModuleSource, SourceState, Swapper, TrustPolicy, load_file, swap::SwapTarget,
 };
 use crate::module::{ActiveModule, Module, WasmModule};
-use crate::observe::{HttpState, Metrics, ModuleLabels, http};
+use crate::observe::{HttpState, Metrics, ModuleLabels, RestClientMetrics, http};
 use crate::policy::{AdminPolicy, PolicyViolation};
 use crate::queue::WorkQueue;
 use crate::runtime::{EngineError, ModuleCaller, SandboxConfig, SandboxEngine};
@@ -37,8 +37,13 @@ pub struct OperatorConfig {
     pub scope: Scope,
     /// Concurrent reconciles (and module calls).
     pub concurrency: usize,
-    /// Where to serve the HTTP endpoints (`None`: not at all).
-    pub http_addr: Option<SocketAddr>,
+    /// Where to serve `/metrics` (`None`: not at all).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve `/healthz`, `/readyz` and `/module` (`None`: not at all).
+    pub probe_addr: Option<SocketAddr>,
+    /// The API request counts that the client's layer records
+    /// ([`RestClientMetrics::layer`]), exported on `/metrics` as `rest_client_*`.
+    pub rest_client: RestClientMetrics,
     /// Leader election, if enabled.
     pub leader: Option<LeaseConfig>,
     /// The failure backoff.
@@ -65,14 +70,17 @@ pub struct OperatorConfig {
 }
 
 impl Default for OperatorConfig {
-    /// `run`'s defaults: every namespace, 4 reconciles at once, no HTTP endpoints,
+    /// `run`'s defaults: every namespace, 4 reconciles at once, no HTTP endpoints (and
+    /// no API request counts),
     /// no leader election, the default backoff and policy, every module trusted, and
     /// the 300 s stall, 120 s sync and 25 s drain timeouts.
     fn default() -> Self {
         Self {
             scope: Scope::default(),
             concurrency: 4,
-            http_addr: None,
+            metrics_addr: None,
+            probe_addr: None,
+            rest_client: RestClientMetrics::default(),
             leader: None,
             backoff: Backoff::default(),
             instance: None,
@@ -138,7 +146,7 @@ pub async fn start_from_source(
     let engine = SandboxEngine::new(&sandbox.clone().for_concurrency(config.concurrency))
         .map_err(StartError::Engine)?;
     let caller = ModuleCaller::new(config.concurrency);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_rest_client(&config.rest_client));
     let mut swapper = Swapper::new(
         engine.clone(),
         caller.clone(),
@@ -195,19 +203,23 @@ pub struct RunningOperator {
     pub active: Arc<ActiveModule>,
     swap_target: SwapTarget,
     swap_tasks: Vec<JoinHandle<()>>,
-    http_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    probe_addr: Option<SocketAddr>,
     shutdown: channel::Sender<bool>,
     // Sent once the controller has drained: the Lease is renewed until then.
     elector_stop: channel::Sender<bool>,
     drain_timeout: Duration,
     controller_task: JoinHandle<()>,
     elector_task: Option<JoinHandle<LeaderElector>>,
-    http_task: Option<JoinHandle<std::io::Result<()>>>,
+    http_tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
 
 impl std::fmt::Debug for RunningOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningOperator").field("http_addr", &self.http_addr).finish_non_exhaustive()
+        f.debug_struct("RunningOperator")
+            .field("metrics_addr", &self.metrics_addr)
+            .field("probe_addr", &self.probe_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -220,7 +232,8 @@ impl RunningOperator {
         module: Arc<dyn Module>,
         config: OperatorConfig,
     ) -> Result<Self, StartError> {
-        Self::start_with_metrics(client, server, module, None, None, config, Arc::new(Metrics::new())).await
+        let metrics = Arc::new(Metrics::with_rest_client(&config.rest_client));
+        Self::start_with_metrics(client, server, module, None, None, config, metrics).await
     }
 
     /// [`RunningOperator::start`] recording into `metrics`, with the module's origin
@@ -251,7 +264,9 @@ impl RunningOperator {
             },
             current.loaded_at,
         );
-        let queue = Arc::new(WorkQueue::new());
+        // Named after the primary kind, as controller-runtime names a controller.
+        let controller_name = manifest.primary.kind.to_lowercase();
+        let queue = Arc::new(WorkQueue::with_metrics(metrics.work_queue(&controller_name)));
         let watches = watches::start(
             client.clone(),
             server.to_owned(),
@@ -273,20 +288,33 @@ impl RunningOperator {
             config.policy,
         ));
         let (shutdown, shutdown_rx) = channel::channel(false);
-        let (http_addr, http_task) = match config.http_addr {
+        let state = http_state(
+            &controller,
+            &active,
+            &metrics,
+            config.stall_timeout,
+            controller_name,
+            config.concurrency,
+        );
+        let mut http_tasks = Vec::new();
+        let metrics_addr = match config.metrics_addr {
             Some(addr) => {
-                let (local, task) = serve_http(
-                    addr,
-                    &controller,
-                    &active,
-                    &metrics,
-                    config.stall_timeout,
-                    shutdown_rx.clone(),
-                )
-                .await?;
-                (Some(local), Some(task))
+                let (local, task) =
+                    serve(addr, http::metrics_router(state.clone()), shutdown_rx.clone()).await?;
+                tracing::info!(addr = %local, "serving /metrics");
+                http_tasks.push(task);
+                Some(local)
             }
-            None => (None, None),
+            None => None,
+        };
+        let probe_addr = match config.probe_addr {
+            Some(addr) => {
+                let (local, task) = serve(addr, http::probe_router(state), shutdown_rx.clone()).await?;
+                tracing::info!(addr = %local, "serving /healthz, /readyz and /module");
+                http_tasks.push(task);
+                Some(local)
+            }
+            None => None,
         };
         // The elector stops only after the workers have drained (see `shutdown`).
         let (elector_stop, elector_stop_rx) = channel::channel(false);
@@ -307,13 +335,14 @@ impl RunningOperator {
             active,
             swap_target,
             swap_tasks: Vec::new(),
-            http_addr,
+            metrics_addr,
+            probe_addr,
             shutdown,
             elector_stop,
             drain_timeout: config.drain_timeout,
             controller_task,
             elector_task,
-            http_task,
+            http_tasks,
         })
     }
 
@@ -335,9 +364,14 @@ impl RunningOperator {
         &self.swap_target
     }
 
-    /// The bound HTTP address, if serving.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
+    /// The bound address of `/metrics`, if served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The bound address of `/healthz`, `/readyz` and `/module`, if served.
+    pub fn probe_addr(&self) -> Option<SocketAddr> {
+        self.probe_addr
     }
 
     /// Whether every watch has delivered its initial list.
@@ -380,7 +414,7 @@ impl RunningOperator {
                 Err(err) => tracing::error!(error = %err, "the leader election task failed"),
             }
         }
-        if let Some(task) = self.http_task {
+        for task in self.http_tasks {
             match task.await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::warn!(error = %err, "the HTTP server failed"),
@@ -390,18 +424,16 @@ impl RunningOperator {
     }
 }
 
-/// Binds `addr` and serves the endpoints until shutdown; returns the bound address.
-async fn serve_http(
-    addr: SocketAddr,
+/// What the endpoints read: the caches' readiness, the controller's health, and the
+/// gauges set just before each scrape.
+fn http_state(
     controller: &Arc<Controller>,
     active: &Arc<ActiveModule>,
     metrics: &Arc<Metrics>,
     stall_timeout: Duration,
-    shutdown: channel::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    controller_name: String,
+    workers: usize,
+) -> HttpState {
     let ready = {
         let controller = controller.clone();
         Arc::new(move || controller.wiring().watches.caches.not_ready().map_or(Ok(()), Err))
@@ -412,11 +444,23 @@ async fn serve_http(
     };
     let refresh = {
         let (controller, metrics) = (controller.clone(), metrics.clone());
-        Arc::new(move || metrics.set_cached(controller.wiring().watches.caches.counts()))
+        Arc::new(move || {
+            metrics.set_cached(controller.wiring().watches.caches.counts());
+            metrics.set_queue(&controller_name, controller.queue().in_flight(), workers);
+        })
     };
-    let router =
-        http::router(HttpState { metrics: metrics.clone(), active: active.clone(), ready, healthy, refresh });
-    tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz and /module");
+    HttpState { metrics: metrics.clone(), active: active.clone(), ready, healthy, refresh }
+}
+
+/// Binds `addr` and serves `router` until shutdown; returns the bound address.
+async fn serve(
+    addr: SocketAddr,
+    router: axum::Router,
+    shutdown: channel::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     Ok((local, tokio::spawn(http::serve(listener, router, shutdown))))
 }
 

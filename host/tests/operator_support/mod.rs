@@ -152,7 +152,8 @@ pub async fn start_operator_with_policy(
 ) -> Result<RunningOperator> {
     let config = OperatorConfig {
         scope: Scope { namespace: Some(namespace.to_owned()), label_selector: None },
-        http_addr: Some("127.0.0.1:0".parse()?),
+        probe_addr: Some("127.0.0.1:0".parse()?),
+        metrics_addr: Some("127.0.0.1:0".parse()?),
         backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(2) },
         instance: Some("test".into()),
         policy,
@@ -368,7 +369,7 @@ pub async fn wait_active(op: &RunningOperator, digest: &str) -> Result<()> {
 /// `/module` of the operator, as JSON.
 pub async fn module_endpoint(op: &RunningOperator) -> Result<Value> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = some(op.http_addr(), "the HTTP address")?;
+    let addr = some(op.probe_addr(), "the probe address")?;
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(b"GET /module HTTP/1.0\r\nHost: test\r\n\r\n").await?;
     let mut response = String::new();
