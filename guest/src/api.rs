@@ -2,10 +2,10 @@
 //!
 //! These types are the single source of the CRD (`make crds` renders
 //! `crds/dittoservers.yaml` from them): field docs become descriptions, serde defaults
-//! become CRD defaults, and the `schemars` bounds, patterns and enums become CRD
-//! validation, so the API server rejects bad objects before the module sees them. The
-//! module still checks what it relies on ([`crate::validate`]): a snapshot may come
-//! from anywhere.
+//! become CRD defaults, and the `schemars` bounds, patterns and enums, and the CEL
+//! rules of the `x_kube` attributes (`rules`), become CRD validation, so the API
+//! server rejects bad objects before the module sees them. The module still checks
+//! what it relies on ([`crate::validate`]): a snapshot may come from anywhere.
 //!
 //! Optional sections have no default of their own: the CRD defaults their fields once
 //! a section is written, and the module applies the same defaults when it is not.
@@ -17,7 +17,8 @@ use std::marker::PhantomData;
 use k8s_openapi::api::core::v1::{
     LocalObjectReference, PodSecurityContext, ResourceRequirements, SecretKeySelector, SecurityContext,
 };
-use kube::CustomResource;
+use kube::core::{Message, Reason, Rule};
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -28,7 +29,7 @@ pub const VOLUME_SIZE_PATTERN: &str = r"^[0-9]+(Gi|Mi|Ti)$";
 /// A DittoFS server (NFSv3, SMB2, REST control plane), run as a one-replica StatefulSet.
 // Several `printcolumn(type_ = "integer", ...)` read as duplicates to clippy.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "dittofs.dittofs.com",
     version = "v1alpha1",
@@ -44,6 +45,15 @@ pub const VOLUME_SIZE_PATTERN: &str = r"^[0-9]+(Gi|Mi|Ti)$";
     printcolumn(name = "Available", type_ = "integer", json_path = ".status.availableReplicas"),
     printcolumn(name = "Status", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(
+    validation = rules::distinct(rules::Port::ControlPlane, rules::Port::Nfs),
+    validation = rules::distinct(rules::Port::Metrics, rules::Port::Nfs),
+    validation = rules::distinct(rules::Port::Metrics, rules::Port::ControlPlane),
+    validation = rules::distinct(rules::Port::Smb, rules::Port::Nfs),
+    validation = rules::distinct(rules::Port::Smb, rules::Port::ControlPlane),
+    validation = rules::distinct(rules::Port::Smb, rules::Port::Metrics),
+    validation = rules::postgres_needs_a_database()
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DittoServerSpec {
@@ -544,7 +554,12 @@ pub struct S3CredentialsRef {
 }
 
 /// A PostgreSQL cluster for the control plane, through the Percona operator.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = rules::percona_storage_size(),
+    validation = rules::percona_database_name(),
+    validation = rules::percona_backup_bucket()
+)]
 #[serde(rename_all = "camelCase")]
 pub struct PerconaSpec {
     /// Create a PerconaPGCluster `<name>-postgres` and use it as the control plane's
@@ -569,6 +584,7 @@ pub struct PerconaSpec {
 
     /// Size of each instance's data volume (a Kubernetes quantity).
     #[serde(default = "defaults::percona_storage_size")]
+    #[schemars(length(max = 64))]
     pub storage_size: String,
 
     /// StorageClass of the PostgreSQL volumes; the cluster's default when not set.
@@ -726,6 +742,148 @@ pub enum ConditionStatus {
     False,
     /// Not known.
     Unknown,
+}
+
+/// The CEL rules of the spec (`x-kubernetes-validations`): the checks of
+/// [`crate::validate`] that involve more than one field, so that the API server
+/// refuses such a spec at apply time, with a message that names the field and the
+/// fix, instead of the server ending in phase Failed. (The rules on `metadata.name`
+/// are added by `crate::crdgen`: the derive leaves `metadata` out of the schema.)
+///
+/// The API server defaults the fields of a section only once the section is written,
+/// so a rule reads the fields of optional sections through CEL optionals
+/// (`self.?section.?field.orValue(default)`), with the API's defaults. A rule about a
+/// spec stored before it only applies once that spec changes (the API server
+/// ratchets unchanged values): status and finalizer writes keep working.
+mod rules {
+    use super::{Message, Reason, Rule, defaults};
+
+    /// A port of the server, as CEL reads it from the spec.
+    #[derive(Clone, Copy)]
+    pub enum Port {
+        /// `spec.nfsPort`.
+        Nfs,
+        /// `spec.controlPlane.port`.
+        ControlPlane,
+        /// `spec.metrics.port`, in use while metrics are enabled.
+        Metrics,
+        /// `spec.smb.port`, in use while SMB is enabled.
+        Smb,
+    }
+
+    impl Port {
+        /// The field, relative to the spec.
+        fn field(self) -> &'static str {
+            match self {
+                Port::Nfs => "nfsPort",
+                Port::ControlPlane => "controlPlane.port",
+                Port::Metrics => "metrics.port",
+                Port::Smb => "smb.port",
+            }
+        }
+
+        /// The port when the field is not set.
+        fn default(self) -> i32 {
+            match self {
+                Port::Nfs => defaults::nfs_port(),
+                Port::ControlPlane => defaults::api_port(),
+                Port::Metrics => defaults::metrics_port(),
+                Port::Smb => defaults::smb_port(),
+            }
+        }
+
+        /// The port's value (`nfsPort` is always defaulted: it is not in a section).
+        fn value(self) -> String {
+            match self {
+                Port::Nfs => "self.nfsPort".into(),
+                Port::ControlPlane => format!("self.?controlPlane.?port.orValue({})", self.default()),
+                Port::Metrics => format!("self.?metrics.?port.orValue({})", self.default()),
+                Port::Smb => format!("self.?smb.?port.orValue({})", self.default()),
+            }
+        }
+
+        /// When the port is in use (always when `None`).
+        fn in_use(self) -> Option<&'static str> {
+            match self {
+                Port::Nfs | Port::ControlPlane => None,
+                Port::Metrics => Some("self.?metrics.?enabled.orValue(false)"),
+                Port::Smb => Some("self.?smb.?enabled.orValue(false)"),
+            }
+        }
+    }
+
+    /// `port` must differ from `other` while both are in use (the module reports the
+    /// later of two features on one port; so does this rule, on `port`).
+    pub fn distinct(port: Port, other: Port) -> Rule {
+        let (value, other_value) = (port.value(), other.value());
+        let differ = format!("{value} != {other_value}");
+        let rule = match (port.in_use(), other.in_use()) {
+            (None, None) => differ,
+            (Some(used), None) | (None, Some(used)) => format!("!{used} || {differ}"),
+            (Some(used), Some(other_used)) => format!("!({used} && {other_used}) || {differ}"),
+        };
+        // A static message: CEL estimates the cost of a messageExpression that prints
+        // the port far beyond the CRD's budget.
+        let (field, other_field) = (port.field(), other.field());
+        Rule::new(rule)
+            .message(Message::Message(format!(
+                "spec.{field} is already used by spec.{other_field}: give one of them another port \
+                 (unless set, spec.{field} is {} and spec.{other_field} is {})",
+                port.default(),
+                other.default()
+            )))
+            // Not `FieldValueDuplicate`: the API server prints no message with that reason.
+            .field_path(format!(".{}", port.field()))
+    }
+
+    /// Database type `postgres` needs a database: `postgresSecretRef`, or Percona.
+    pub fn postgres_needs_a_database() -> Rule {
+        Rule::new(
+            "self.?database.?type.orValue('') != 'postgres' || self.?database.?postgresSecretRef.hasValue() \
+             || self.?percona.?enabled.orValue(false)",
+        )
+        .message(
+            "spec.database.type is postgres, but neither spec.database.postgresSecretRef nor \
+             spec.percona.enabled is set: set one of them, or use type sqlite",
+        )
+        .field_path(".database.type")
+        .reason(Reason::FieldValueRequired)
+    }
+
+    /// With Percona, `storageSize` is the size of a volume claim: a positive quantity.
+    pub fn percona_storage_size() -> Rule {
+        Rule::new(
+            "!self.enabled || (isQuantity(self.storageSize) \
+             && quantity(self.storageSize).isGreaterThan(quantity('0')))",
+        )
+        .message(
+            "spec.percona.storageSize must be a positive quantity such as 10Gi when \
+             spec.percona.enabled is true",
+        )
+        .field_path(".storageSize")
+    }
+
+    /// With Percona, `databaseName` names the database created for DittoFS.
+    pub fn percona_database_name() -> Rule {
+        Rule::new("!self.enabled || self.databaseName != ''")
+            .message("spec.percona.databaseName must not be empty when spec.percona.enabled is true")
+            .field_path(".databaseName")
+            .reason(Reason::FieldValueRequired)
+    }
+
+    /// Backups of the Percona cluster go to a bucket.
+    pub fn percona_backup_bucket() -> Rule {
+        Rule::new(
+            "!(self.enabled && self.?backup.?enabled.orValue(false)) \
+             || self.?backup.?bucket.orValue('') != ''",
+        )
+        .message(
+            "spec.percona.backup.bucket is required when spec.percona.enabled and \
+             spec.percona.backup.enabled are true",
+        )
+        .field_path(".backup.bucket")
+        .reason(Reason::FieldValueRequired)
+    }
 }
 
 /// Whether a section holds nothing but defaults: such a section is left out when a

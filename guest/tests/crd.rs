@@ -150,3 +150,85 @@ fn status_conditions_are_a_list_map_keyed_by_type() {
     );
     assert_eq!(at(status, "phase")["enum"], json!(["Pending", "Running", "Failed", "Stopped", "Deleting"]));
 }
+
+/// The `x-kubernetes-validations` of a schema node, as `(rule, message, fieldPath)`.
+fn rules(node: &Value) -> Vec<(String, String, String)> {
+    let text = |rule: &Value, key: &str| rule[key].as_str().unwrap_or_default().to_owned();
+    node["x-kubernetes-validations"]
+        .as_array()
+        .map(|rules| {
+            rules.iter().map(|r| (text(r, "rule"), text(r, "message"), text(r, "fieldPath"))).collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn cel_rules_name_the_field_they_refuse() {
+    let schema = schema();
+    let spec = at(&schema, "spec");
+    let cases: &[(&str, &Value, &[&str])] = &[
+        (
+            "spec",
+            spec,
+            &[
+                ".controlPlane.port",
+                ".metrics.port",
+                ".metrics.port",
+                ".smb.port",
+                ".smb.port",
+                ".smb.port",
+                ".database.type",
+            ],
+        ),
+        ("spec.percona", at(spec, "percona"), &[".storageSize", ".databaseName", ".backup.bucket"]),
+    ];
+    for (node, value, paths) in cases {
+        let rules = rules(value);
+        let found: Vec<_> = rules.iter().map(|(_, _, path)| path.as_str()).collect();
+        assert_eq!(&found, paths, "{node}");
+        for (rule, message, path) in &rules {
+            assert!(message.starts_with(&format!("{node}{path} ")), "{node}: {message:?} for {rule}");
+        }
+    }
+    // A port clash names both fields; a rule on a port is skipped while its feature is off.
+    let ports: Vec<_> = rules(spec).into_iter().filter(|(_, _, path)| path.ends_with("port")).collect();
+    for (rule, message, _) in &ports {
+        assert!(message.contains("is already used by spec."), "{message}");
+        for feature in ["metrics", "smb"] {
+            let uses = rule.contains(&format!("self.?{feature}.?port"));
+            assert_eq!(uses, rule.contains(&format!("self.?{feature}.?enabled.orValue(false)")), "{rule}");
+        }
+    }
+    // Strings that go through CEL functions are bounded, for the CRD's cost budget.
+    assert_eq!(at(spec, "percona.storageSize")["maxLength"], json!(64));
+}
+
+#[test]
+fn cel_rules_read_unwritten_sections_with_the_crd_defaults() {
+    let schema = schema();
+    let spec = at(&schema, "spec");
+    let all: String = rules(spec).into_iter().map(|(rule, _, _)| rule + "\n").collect();
+    for section in ["controlPlane", "metrics", "smb"] {
+        let default = &at(spec, &format!("{section}.port"))["default"];
+        let read = format!("self.?{section}.?port.orValue(");
+        let with_default = format!("{read}{default})");
+        assert!(all.contains(&with_default), "no rule reads {with_default}");
+        assert_eq!(all.matches(&read).count(), all.matches(&with_default).count(), "{section}: {all}");
+    }
+}
+
+#[test]
+fn metadata_name_rules_apply_at_creation_only() {
+    let schema = schema();
+    let name = at(&schema, "metadata.name");
+    assert_eq!(at(&schema, "metadata")["type"], "object");
+    let validations = name["x-kubernetes-validations"].as_array().expect("rules on metadata.name");
+    assert_eq!(validations.len(), 2);
+    for rule in validations {
+        assert_eq!(rule["optionalOldSelf"], json!(true), "{rule}");
+        let text = rule["rule"].as_str().expect("rule");
+        assert!(text.starts_with("oldSelf.hasValue() || "), "{text}");
+        assert!(rule["message"].as_str().is_some_and(|m| m.starts_with("metadata.name must ")), "{rule}");
+    }
+    assert!(validations[0]["rule"].as_str().is_some_and(|r| r.ends_with("self.size() <= 52")));
+}

@@ -600,8 +600,9 @@ async fn invalid_servers_are_rejected_by_the_api_server() -> Result<()> {
     Ok(())
 }
 
-/// Scenario 13, part 2. A DittoServer that passes the CRD but cannot work (the
-/// metrics port is the NFS port) gets phase Failed with the reason in its conditions
+/// Scenario 13, part 2. A DittoServer that passes the CRD but cannot work (a CPU
+/// limit that is no quantity; the CRD's CEL rules refuse what they can express, such
+/// as port clashes, at apply time) gets phase Failed with the reason in its conditions
 /// and a Warning event, and no owned object; its neighbour still converges, and it
 /// recovers once fixed.
 #[tokio::test]
@@ -610,7 +611,7 @@ async fn an_unusable_server_fails_alone() -> Result<()> {
     let bad = s
         .create_server(
             "bad",
-            json!({"storage": {"metadataSize": "1Gi"}, "metrics": {"enabled": true, "port": 2049}}),
+            json!({"storage": {"metadataSize": "1Gi"}, "resources": {"limits": {"cpu": "fast"}}}),
         )
         .await?;
     s.create_server("good", minimal_spec()).await?;
@@ -621,7 +622,7 @@ async fn an_unusable_server_fails_alone() -> Result<()> {
         ensure!(found == Some(("False".into(), "InvalidSpec".into())), "{kind}: {found:?}");
     }
     let message = condition(&failed, "Ready").and_then(|c| c["message"].as_str()).unwrap_or_default();
-    ensure!(message.contains("spec.metrics.port"), "the reason does not name the field: {message}");
+    ensure!(message.contains("spec.resources.limits.cpu"), "the reason does not name the field: {message}");
     let event = s.wait_event("bad", "InvalidSpec").await?;
     ensure!(event.type_.as_deref() == Some("Warning"), "{event:?}");
     ensure!(
@@ -636,7 +637,7 @@ async fn an_unusable_server_fails_alone() -> Result<()> {
     s.wait_phase("good", "Running").await?;
     ensure!(phase(&s.server("bad").await?.context("gone")?) == Some("Failed"), "bad recovered by itself");
 
-    s.patch_spec("bad", json!({"metrics": {"port": 9090}})).await?;
+    s.patch_spec("bad", json!({"resources": {"limits": {"cpu": "1"}}})).await?;
     s.wait_statefulset("bad").await?;
     // Pending, or already Running: kwok may have made its pod ready in between.
     let fixed =
