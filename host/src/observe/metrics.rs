@@ -84,6 +84,35 @@ pub struct CacheLabels {
     pub kind: String,
 }
 
+/// The results of a reconcile (`wasm_operator_reconciles_total`).
+const RECONCILE_RESULTS: &[&str] = &["success", "error", "rejected", "delayed", "gone"];
+
+/// The ops an action (or a requirement, `requires`) can be rejected as.
+const ACTION_OPS: &[&str] =
+    &["apply", "addFinalizer", "removeFinalizer", "orphan", "patchStatus", "delete", "event", "requires"];
+
+/// The checks a hot-swap candidate can fail (`lifecycle::swap`'s refusal reasons).
+const MODULE_CHECKS: &[&str] = &[
+    "decode",
+    "digest",
+    "signature",
+    "read",
+    "limits",
+    "compile",
+    "imports",
+    "exports",
+    "abi",
+    "link",
+    "describe",
+    "manifest",
+    "smoke",
+    "policy",
+    "identity",
+    "finalizer",
+    "discovery",
+    "internal",
+];
+
 /// Labels of client-go's workqueue metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -331,7 +360,7 @@ impl Metrics {
             "Batches of a module's writes held back by the write budget, by the limit reached",
             write_budget_exceeded.clone(),
         );
-        Self {
+        let metrics = Self {
             registry: root,
             reconciles,
             reconcile_duration,
@@ -352,6 +381,31 @@ impl Metrics {
             write_budget_exceeded,
             queues,
             active: Mutex::new(None),
+        };
+        metrics.initialize_series();
+        metrics
+    }
+
+    /// Creates the series of the label values known in advance at zero, so that
+    /// `/metrics` lists every family from the start and `increase()` and `rate()` see
+    /// the first event (a series that appears at 1 has no increase to show).
+    fn initialize_series(&self) {
+        // get_or_create makes the series; the guard it returns is not needed.
+        let reason = |reason: &str| ReasonLabels { reason: reason.to_owned() };
+        for result in RECONCILE_RESULTS {
+            drop(self.reconciles.get_or_create(&ResultLabels { result: (*result).to_owned() }));
+        }
+        for op in ACTION_OPS {
+            drop(self.rejected.get_or_create(&OpLabels { op: (*op).to_owned() }));
+        }
+        for limit in ["rate", "bytes", "overall"] {
+            drop(self.write_budget_exceeded.get_or_create(&reason(limit)));
+        }
+        for kind in ["deadline", "memory", "trap", "output", "host", "other"] {
+            drop(self.module_call_errors.get_or_create(&reason(kind)));
+        }
+        for check in MODULE_CHECKS {
+            drop(self.module_rejected.get_or_create(&reason(check)));
         }
     }
 
@@ -440,17 +494,8 @@ impl Metrics {
     /// Total rejections so far, all ops.
     pub fn rejections_total(&self) -> u64 {
         let mut total = 0;
-        for op in [
-            "apply",
-            "addFinalizer",
-            "removeFinalizer",
-            "orphan",
-            "patchStatus",
-            "delete",
-            "event",
-            "requires",
-        ] {
-            total += self.rejected.get_or_create(&OpLabels { op: op.to_owned() }).get();
+        for op in ACTION_OPS {
+            total += self.rejected.get_or_create(&OpLabels { op: (*op).to_owned() }).get();
         }
         total
     }
