@@ -5,9 +5,9 @@
 #
 #   docker build -t wasm-operator:0.2.0 .        # or: make image
 #
-# The Deployment in deploy/ mounts the module from a ConfigMap (so it can be
-# hot-swapped); the copy baked in here is the default for `docker run` and a
-# fallback. Building needs BuildKit (the default builder of current Docker). The
+# The DittoFS module baked in here is what the chart's and deploy/'s Deployments run
+# by default (module.source=builtin), so a fresh install reconciles at once; a
+# ConfigMap, file or registry source replaces it, and is hot-swapped. Building needs BuildKit (the default builder of current Docker). The
 # build stage runs on the target platform (amd64 or arm64; another one is emulated).
 
 ARG RUST_VERSION=1.95.0
@@ -47,6 +47,7 @@ COPY --from=build /out/dittofs-reconciler.wasm /usr/local/share/wasm-operator/di
 COPY --from=build --chown=65532:65532 /out/cache /var/cache/wasm-operator
 ENV WASM_OPERATOR_MODULE_CACHE_DIR=/var/cache/wasm-operator/modules
 USER 65532:65532
-EXPOSE 8080
+# /metrics on 8080, /healthz, /readyz and /module on 8081.
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/wasm-operator"]
 CMD ["run", "--module=/usr/local/share/wasm-operator/dittofs-reconciler.wasm", "--leader-elect"]

@@ -43,3 +43,27 @@ undeploy: ## Delete what deploy/ created (the DittoServer CRD and objects are ke
 
 image: ## Build the container image (DEPLOY_IMAGE, default wasm-operator:0.2.0; needs Docker)
 	docker build -t $(DEPLOY_IMAGE) .
+
+##@ Helm chart and install.yaml
+HELM = $(shell tests/helm/build.sh --print-path)
+CHART := deploy/chart
+# The placeholders the chart replaces with the release's names (templates/_helpers.tpl);
+# the chart test checks the files are fresh and the replaced names right.
+CHART_RBAC_ARGS := --service-account wasmop-chart-sa --operator-namespace wasmop-chart-ns --lease-name wasmop-chart-lease --module-configmap wasmop-chart-cm
+CHART_ADMISSION_ARGS := --service-account wasmop-chart-sa --operator-namespace wasmop-chart-ns --name wasmop-chart-sa
+# install.yaml: the chart's defaults, its namespace created, CRDs included.
+INSTALL_ARGS := template wasm-operator $(CHART) --namespace wasm-operator --include-crds --set namespace.create=true
+.PHONY: chart-files install-yaml helm
+
+helm: ## Build and cache helm (tests/helm/build.sh)
+	tests/helm/build.sh
+
+chart-files: wasm ## Regenerate the chart's generated files (RBAC, admission policy, CRD) from the module and crds/
+	$(CARGO) run -q -p wasm-operator -- rbac --module $(GUEST_MODULE) $(CHART_RBAC_ARGS) > $(CHART)/files/rbac-cluster.yaml
+	$(CARGO) run -q -p wasm-operator -- rbac --module $(GUEST_MODULE) $(CHART_RBAC_ARGS) --namespace wasmop-chart-watch > $(CHART)/files/rbac-namespaced.yaml
+	$(CARGO) run -q -p wasm-operator -- admission-policy --module $(GUEST_MODULE) $(CHART_ADMISSION_ARGS) > $(CHART)/files/admission-policy.yaml
+	cp crds/dittoservers.yaml $(CHART)/crds/dittoservers.yaml
+
+install-yaml: helm ## Render deploy/install.yaml from the chart (the one-file install)
+	$(HELM) $(INSTALL_ARGS) > deploy/install.yaml.tmp
+	mv deploy/install.yaml.tmp deploy/install.yaml

@@ -27,10 +27,11 @@ wasm-js: wasm wasm-bindgen-cli ## Build the wasm-bindgen variant (feature js) fo
 	CARGO_PROFILE_WASM_STRIP=false $(CARGO) build -p dittofs-reconciler --lib --target $(GUEST_WASM_TARGET) --profile wasm --features js
 	$(WASM_BINDGEN) --target nodejs --out-dir $(GUEST_MODULE_JS) $(GUEST_WASM_OUT)
 
-crds: ## Regenerate crds/dittoservers.yaml from the API types (guest/src/api.rs)
+crds: ## Regenerate crds/dittoservers.yaml (and the Helm chart's copy) from the API types (guest/src/api.rs)
 	mkdir -p crds
 	$(CARGO) run -q -p dittofs-reconciler --example crdgen > crds/dittoservers.yaml.tmp
 	mv crds/dittoservers.yaml.tmp crds/dittoservers.yaml
+	cp crds/dittoservers.yaml deploy/chart/crds/dittoservers.yaml
 
 test-guest: wasm wasm-js ## Guest tests: native, the built module through wasmtime, and Node (wasm-bindgen)
 	$(CARGO) test $(GUEST_PACKAGES)

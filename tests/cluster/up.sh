@@ -281,8 +281,9 @@ start kube-apiserver \
 wait_for kube-apiserver "kube-apiserver /readyz to answer ok" readyz_ok
 
 # The bare plane (CLUSTER_NODES=0) runs only the garbage collector, for
-# ownerReference cascades (background, foreground, orphan), and the namespace
-# controller, so that deleted namespaces go away. With nodes it also runs what takes
+# ownerReference cascades (background, foreground, orphan), the namespace
+# controller, so that deleted namespaces go away, and the ClusterRole aggregation
+# controller, which merges the chart's user roles into admin, edit and view. With nodes it also runs what takes
 # a StatefulSet to Running pods: the workload controllers, the default service
 # account (admission refuses pods without it) and its token, and the volume
 # controllers that bind the StatefulSet's PVCs, and the node lifecycle controller:
@@ -292,7 +293,7 @@ wait_for kube-apiserver "kube-apiserver /readyz to answer ok" readyz_ok
 # No serving port: nothing scrapes it. Its client rate is raised from 20 requests/s
 # (burst 30) to 500 (burst 1000): the garbage collector deletes owned objects at
 # that rate, and 2,000 of them (500 DittoServers) took 2 minutes at the default.
-KCM_CONTROLLERS=garbage-collector-controller,namespace-controller
+KCM_CONTROLLERS=garbage-collector-controller,namespace-controller,clusterrole-aggregation-controller
 if ((NODES > 0)); then
   KCM_CONTROLLERS+=,statefulset-controller,replicaset-controller,deployment-controller
   KCM_CONTROLLERS+=,endpointslice-controller,serviceaccount-controller,serviceaccount-token-controller

@@ -277,7 +277,7 @@ pub fn deploy_admission_args() -> Result<Vec<String>> {
 }
 
 /// The words of the variable `name` (`NAME := ...`) of `deploy/deploy.mk`.
-fn deploy_mk_args(name: &str) -> Result<Vec<String>> {
+pub fn deploy_mk_args(name: &str) -> Result<Vec<String>> {
     let path = deploy_dir().join("deploy.mk");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let prefix = format!("{name} :=");

@@ -22,6 +22,7 @@ pub mod converge;
 pub mod crds;
 pub mod deploy;
 pub mod dittofs;
+pub mod helm;
 pub mod host_process;
 pub mod identity;
 pub mod measure;
