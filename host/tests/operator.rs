@@ -654,7 +654,13 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
     create_mirror(&client, ns.name(), "m", json!({"data": {"a": "1"}})).await?;
     let metrics = eventually("a successful reconcile in /metrics", || async {
         let (_, body) = http_get(metrics_addr, "/metrics").await?;
-        Ok(body.contains("wasm_operator_reconciles_total{result=\"success\"}").then_some(body))
+        // The series exists at 0 from the start; wait for a count.
+        let successes = body
+            .lines()
+            .find_map(|l| l.strip_prefix("wasm_operator_reconciles_total{result=\"success\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_default();
+        Ok((successes > 0).then_some(body))
     })
     .await?;
     for name in [
@@ -664,6 +670,10 @@ async fn http_endpoints_describe_health_readiness_the_module_and_metrics() -> Re
         "wasm_operator_writes_total{op=\"apply\"}",
         "wasm_operator_module_info{name=\"configmap-mirror\"",
         "wasm_operator_module_loaded_timestamp_seconds",
+        // Known series at zero before their first event.
+        "wasm_operator_reconciles_total{result=\"error\"} 0",
+        "wasm_operator_module_rejected_total{reason=\"signature\"} 0",
+        "wasm_operator_write_budget_exceeded_total{reason=\"rate\"} 0",
         // client-go's and controller-runtime's names, the controller named after the
         // primary kind; the process's own.
         "workqueue_adds_total{name=\"mirror\"}",
