@@ -38,12 +38,13 @@ run: build ## Build, start the local control plane (unless KUBECONFIG is set), r
 	scripts/run.sh
 
 .PHONY: test
-test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime, Node), host, end to end (with a local OCI registry and helm)
+test: toolchain ## Everything CI runs: lint, CRDs fresh, guest (native, wasmtime, Node), host, end to end (with a local OCI registry, helm and crane)
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory test-guest
 	@command -v openssl >/dev/null || { echo "make test: installing openssl (the signature tests make keys with it)"; apt-get install -y openssl >/dev/null; }
 	tests/registry/build.sh
 	tests/helm/build.sh
+	tests/crane/build.sh
 	scripts/with-cluster.sh $(CARGO) test --workspace --exclude dittofs-reconciler
 
 # Each part of the project keeps its targets beside its code.

@@ -15,7 +15,7 @@ DEPLOY_RBAC_ARGS := --service-account wasm-operator --operator-namespace wasm-op
 DEPLOY_ADMISSION_ARGS := --service-account wasm-operator --operator-namespace wasm-operator
 
 ##@ Deploy
-.PHONY: deploy-rbac deploy-admission-policy deploy deploy-module undeploy image
+.PHONY: deploy-rbac deploy-admission-policy deploy deploy-module undeploy image image-oci
 
 deploy-rbac: wasm ## Regenerate deploy/rbac.yaml from the module's manifest (wasm-operator rbac)
 	$(CARGO) run -q -p wasm-operator -- rbac --module $(GUEST_MODULE) $(DEPLOY_RBAC_ARGS) > deploy/rbac.yaml.tmp
@@ -43,6 +43,11 @@ undeploy: ## Delete what deploy/ created (the DittoServer CRD and objects are ke
 
 image: ## Build the container image (DEPLOY_IMAGE, default wasm-operator:0.2.0; needs Docker)
 	docker build -t $(DEPLOY_IMAGE) .
+
+# IMAGE_REF: where to push, e.g. registry.example.com/ops/wasm-operator:0.2.0.
+image-oci: ## Build the image without Docker (crane) and push it to IMAGE_REF (scripts/image.sh)
+	@[[ -n "$${IMAGE_REF:-}" ]] || { echo "make image-oci: set IMAGE_REF=REGISTRY/REPOSITORY:TAG"; exit 2; }
+	scripts/image.sh $(IMAGE_ARGS) "$$IMAGE_REF"
 
 ##@ Helm chart and install.yaml
 HELM = $(shell tests/helm/build.sh --print-path)
