@@ -5,15 +5,40 @@
 #
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/dittofs-wasm/<name>/<version>/<name>
 #
-# Usage: go-tool.sh TOOL_DIR NAME MODULE PACKAGE [--print-path]
-# The tool directories' build.sh call it with their own --help. A cached binary is
-# reused; test binaries started in parallel that all ask for it wait for one build.
+# Usage: go-tool.sh TOOL_DIR NAME MODULE PACKAGE PURPOSE [--print-path | --help]
+# The tool directories' build.sh call it with their module and what the tool is for
+# (PURPOSE, shown by --help). A cached binary is reused; test binaries started in
+# parallel that all ask for it wait for one build.
 set -euo pipefail
 
-[[ $# -ge 4 ]] || { echo "usage: go-tool.sh TOOL_DIR NAME MODULE PACKAGE [--print-path]" >&2; exit 2; }
-TOOL_DIR="$1" NAME="$2" MODULE="$3" PACKAGE="$4"
+[[ $# -ge 5 ]] || { echo "usage: go-tool.sh TOOL_DIR NAME MODULE PACKAGE PURPOSE [--print-path | --help]" >&2; exit 2; }
+TOOL_DIR="$1" NAME="$2" MODULE="$3" PACKAGE="$4" PURPOSE="$5"
+shift 5
 print_path_only=false
-[[ "${5:-}" == --print-path ]] && print_path_only=true
+for arg in "$@"; do
+  case "$arg" in
+    --help | -h)
+      cat <<USAGE
+Usage: $TOOL_DIR/build.sh [--print-path] [--help]
+
+Builds $NAME ($MODULE, version pinned by $TOOL_DIR/go.mod) into a cache shared by
+every checkout:
+
+  \${XDG_CACHE_HOME:-\$HOME/.cache}/dittofs-wasm/$NAME/<version>/$NAME
+
+$PURPOSE
+
+A cached binary is reused. Needs Go and the Go module proxy once.
+
+Options:
+  --print-path  only print the path of the binary, build nothing
+  --help        show this help
+USAGE
+      exit 0 ;;
+    --print-path) print_path_only=true ;;
+    *) echo "build.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf '[%s-build] %s\n' "$NAME" "$*" >&2; }
 die() { printf '[%s-build] error: %s\n' "$NAME" "$*" >&2; exit 1; }
