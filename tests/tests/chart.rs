@@ -6,7 +6,8 @@
 //! - the RBAC and admission policy the chart renders for a release are exactly what
 //!   `wasm-operator rbac` and `admission-policy` give for its names, cluster-wide and
 //!   namespaced;
-//! - values that cannot work are refused with the fix, at template time;
+//! - values that cannot work are refused with the fix, at template time, and values
+//!   of the wrong type, name or form by `values.schema.json`, with their path;
 //! - `helm template` with default and other values passes a server-side dry run;
 //! - a real `helm install`: the host binary, authenticated as the chart's
 //!   ServiceAccount, converges and deletes a DittoServer; the aggregated user roles
@@ -186,11 +187,23 @@ async fn values_that_cannot_work_are_refused_with_the_fix() -> Result<()> {
         "as oci://REGISTRY/REPO:TAG",
     )?;
     refused(&helm, &["--set", "module.source=file"], "module.source=file needs module.file.path")?;
-    refused(&helm, &["--set", "module.source=http"], "use builtin, configmap, file or oci")?;
+    refused(
+        &helm,
+        &["--set", "module.source=http"],
+        "at '/module/source': value must be one of 'builtin', 'configmap', 'file', 'oci'",
+    )?;
     // A policy the generated admission policy would contradict.
     refused(&helm, &["--set", "policy.podSecurity=restricted"], "set admissionPolicy.enabled=false")?;
     refused(&helm, &["--set", "policy.allowKinds={core/Pod}"], "set admissionPolicy.enabled=false")?;
     helm.template("ok", "ops", &["--set", "policy.podSecurity=restricted,admissionPolicy.enabled=false"])?;
+    refused(&helm, &["--set", "metrics.port=8081"], "need ports of their own")?;
+    // values.schema.json: types, typos, patterns and enums, with the path.
+    refused(&helm, &["--set", "replicas=two"], "at '/replicas': got string, want integer")?;
+    refused(&helm, &["--set", "replica=3"], "additional properties 'replica' not allowed")?;
+    refused(&helm, &["--set", "module.digests={sha1:ab}"], "at '/module/digests/0'")?;
+    refused(&helm, &["--set", "policy.podSecurity=open"], "at '/policy/podSecurity'")?;
+    refused(&helm, &["--set", "watchNamespace=Team_A"], "at '/watchNamespace'")?;
+    refused(&helm, &["--set", "module.publicKeys.k=not-a-key"], "at '/module/publicKeys/k'")?;
     Ok(())
 }
 
