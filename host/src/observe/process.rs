@@ -66,6 +66,15 @@ fn open_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
 }
 
+/// Writes one gauge family with a single value.
+fn gauge<N>(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: N) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(stats) = ProcessStats::read() {
@@ -76,40 +85,23 @@ impl Collector for ProcessCollector {
                 None,
                 cpu.metric_type(),
             )?)?;
-            let rss = ConstGauge::new(stats.resident_bytes as i64);
-            rss.encode(encoder.encode_descriptor(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                None,
-                rss.metric_type(),
-            )?)?;
-            let start = ConstGauge::new(stats.start_time_seconds);
-            start.encode(encoder.encode_descriptor(
+            let rss = i64::try_from(stats.resident_bytes).unwrap_or(i64::MAX);
+            gauge(&mut encoder, "process_resident_memory_bytes", "Resident memory size in bytes", rss)?;
+            gauge(
+                &mut encoder,
                 "process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds",
-                None,
-                start.metric_type(),
-            )?)?;
+                stats.start_time_seconds,
+            )?;
         }
         if let Some(count) = open_fds() {
-            let fds = ConstGauge::new(count as i64);
-            fds.encode(encoder.encode_descriptor(
-                "process_open_fds",
-                "Number of open file descriptors",
-                None,
-                fds.metric_type(),
-            )?)?;
+            let count = i64::try_from(count).unwrap_or(i64::MAX);
+            gauge(&mut encoder, "process_open_fds", "Number of open file descriptors", count)?;
         }
-        if let Some(max) =
-            std::fs::read_to_string("/proc/self/limits").ok().as_deref().and_then(max_open_files)
-        {
-            let fds = ConstGauge::new(max as i64);
-            fds.encode(encoder.encode_descriptor(
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                None,
-                fds.metric_type(),
-            )?)?;
+        let limits = std::fs::read_to_string("/proc/self/limits").ok();
+        if let Some(max) = limits.as_deref().and_then(max_open_files) {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            gauge(&mut encoder, "process_max_fds", "Maximum number of open file descriptors", max)?;
         }
         Ok(())
     }
