@@ -204,6 +204,11 @@ async fn values_that_cannot_work_are_refused_with_the_fix() -> Result<()> {
     refused(&helm, &["--set", "policy.podSecurity=open"], "at '/policy/podSecurity'")?;
     refused(&helm, &["--set", "watchNamespace=Team_A"], "at '/watchNamespace'")?;
     refused(&helm, &["--set", "module.publicKeys.k=not-a-key"], "at '/module/publicKeys/k'")?;
+    // Names the chart writes into the generated RBAC and policy text must be names, so
+    // that no value can add a rule.
+    refused(&helm, &["--set-string", "leaderElection.leaseName=x\n- '*'"], "at '/leaderElection/leaseName'")?;
+    refused(&helm, &["--set", "module.configMap.name=a b"], "at '/module/configMap/name'")?;
+    refused(&helm, &["--set", "fullnameOverride=Op'"], "at '/fullnameOverride'")?;
     Ok(())
 }
 
