@@ -5,6 +5,10 @@
 //! Each kind is listed, then watched from the list's resourceVersion, so no change
 //! made after [`Recording::start`] returns is missed; a watch the server closes is
 //! resumed from the last resourceVersion seen. The recording stops when dropped.
+//!
+//! The watches deliver changes a little after a `get` can see them, so a test that
+//! has just polled the cluster into a state must [`Recording::wait_for`] the changes
+//! it is about to assert on, not read [`Recording::changes`] at once.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +18,8 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
 use kube::discovery::ApiResource;
 use tokio::task::JoinHandle;
+
+use crate::{DEFAULT_TIMEOUT, wait_until};
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +128,28 @@ impl Recording {
     /// server's order; across kinds, sort by [`Recorded::revision`]).
     pub fn changes(&self) -> Vec<Recorded> {
         lock(&self.changes).clone()
+    }
+
+    /// Waits until the changes recorded so far satisfy `ready`, and returns them.
+    ///
+    /// A recording that never satisfies `ready` fails after [`DEFAULT_TIMEOUT`],
+    /// naming `what` and the changes that did arrive.
+    pub async fn wait_for(&self, what: &str, ready: impl Fn(&[Recorded]) -> bool) -> Result<Vec<Recorded>> {
+        let waited = wait_until(format!("the recording to see {what}"), DEFAULT_TIMEOUT, || async {
+            let changes = self.changes();
+            Ok(ready(&changes).then_some(changes))
+        })
+        .await;
+        waited.with_context(|| {
+            let seen: Vec<String> = self
+                .changes()
+                .iter()
+                .map(|c| {
+                    format!("{:?} {} {}", c.change, c.kind, c.object.metadata.name.as_deref().unwrap_or(""))
+                })
+                .collect();
+            format!("recorded: {seen:?}; watch errors: {:?}", self.errors())
+        })
     }
 
     /// Watch failures, if any (a recording with failures may have missed changes).

@@ -18,7 +18,7 @@ use e2e::dittofs::{
 };
 use e2e::identity::{dittofs_rules, service_account_with_role, write_impersonating_kubeconfig};
 use e2e::operator::artifact_dir;
-use e2e::record::Recording;
+use e2e::record::{Change, Recording};
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use k8s_openapi::jiff::SignedDuration;
@@ -95,15 +95,18 @@ async fn background_deletion_goes_through_deleting_and_collects_everything() -> 
     s.servers().delete(name, &DeleteParams::background()).await?;
     s.wait_server_gone(name, DEFAULT_TIMEOUT).await?;
 
+    // The watch lags the `get` that saw the server gone; its Deleted event comes
+    // after every change before it.
+    let changes = recording
+        .wait_for(&format!("{name} deleted"), |changes| {
+            changes.iter().any(|c| c.change == Change::Deleted && c.object.name_any() == name)
+        })
+        .await?;
     ensure!(recording.errors().is_empty(), "the recording failed: {:?}", recording.errors());
-    let phases: Vec<String> =
-        recording.changes().iter().filter_map(|c| phase(&c.object).map(str::to_owned)).collect();
+    let phases: Vec<String> = changes.iter().filter_map(|c| phase(&c.object).map(str::to_owned)).collect();
     ensure!(phases.iter().any(|p| p == "Deleting"), "phase Deleting never written; phases seen: {phases:?}");
-    let deleting = recording
-        .changes()
-        .into_iter()
-        .find(|c| phase(&c.object) == Some("Deleting"))
-        .context("no Deleting")?;
+    let deleting =
+        changes.into_iter().find(|c| phase(&c.object) == Some("Deleting")).context("no Deleting")?;
     ensure!(deleting.object.metadata.deletion_timestamp.is_some(), "Deleting before the deletion");
     ensure!(
         deleting.object.finalizers().iter().any(|f| f == FINALIZER),

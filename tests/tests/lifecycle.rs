@@ -18,7 +18,7 @@ use e2e::dittofs::{
     CONFIG_HASH_ANNOTATION, FINALIZER, OWNER_LABEL, condition, condition_state, controlled_by, dittoservers,
     names, phase, references,
 };
-use e2e::record::{Change, Recording};
+use e2e::record::{Change, Recorded, Recording};
 use e2e::{DEFAULT_TIMEOUT, Scenario, wait_until};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -66,13 +66,22 @@ fn assert_owned(what: &str, meta: &kube::api::ObjectMeta, server: &str, uid: &st
 }
 
 /// The statuses DittoServer `name` went through, in order, from a recording.
-fn server_statuses(recording: &Recording, name: &str) -> Vec<Value> {
-    recording
-        .changes()
-        .into_iter()
+fn server_statuses(changes: &[Recorded], name: &str) -> Vec<Value> {
+    changes
+        .iter()
         .filter(|c| c.kind == "DittoServer" && c.object.name_any() == name)
         .map(|c| c.object.data["status"].clone())
         .collect()
+}
+
+/// The recorded changes once the recording has seen the server Running: the watch
+/// lags the `get` that saw it.
+async fn changes_until_running(recording: &Recording, name: &str) -> Result<Vec<Recorded>> {
+    recording
+        .wait_for(&format!("{name} Running"), |changes| {
+            server_statuses(changes, name).iter().any(|st| st["phase"] == "Running")
+        })
+        .await
 }
 
 fn pod_config_hash(sts: &StatefulSet) -> Option<String> {
@@ -168,7 +177,15 @@ async fn create_puts_the_finalizer_first_then_owned_objects_and_runs_once_ready(
     s.wait_statefulset_ready(name).await?;
     let server = s.wait_phase(name, "Running").await?;
     let generation = server.metadata.generation.context("no generation")?;
-    let statuses = server_statuses(&recording, name);
+    // The owned objects' watches are separate streams: wait for them too.
+    let changes = recording
+        .wait_for(&format!("{name} Running and its 5 owned objects created"), |changes| {
+            let created =
+                changes.iter().filter(|c| c.kind != "DittoServer" && c.change == Change::Added).count();
+            created >= 5 && server_statuses(changes, name).iter().any(|st| st["phase"] == "Running")
+        })
+        .await?;
+    let statuses = server_statuses(&changes, name);
     let pending = statuses.iter().position(|st| st["phase"] == "Pending");
     let running = statuses.iter().position(|st| st["phase"] == "Running");
     ensure!(
@@ -199,7 +216,6 @@ async fn create_puts_the_finalizer_first_then_owned_objects_and_runs_once_ready(
 
     // The order, from the API server's own revisions.
     ensure!(recording.errors().is_empty(), "the recording failed: {:?}", recording.errors());
-    let changes = recording.changes();
     let finalized_at = changes
         .iter()
         .filter(|c| c.kind == "DittoServer" && c.object.finalizers().iter().any(|f| f == FINALIZER))
@@ -257,7 +273,8 @@ async fn replicas_zero_stops_the_server() -> Result<()> {
     .await?;
     s.wait_statefulset_ready(name).await?;
     s.wait_phase(name, "Running").await?;
-    let phases: Vec<_> = server_statuses(&recording, name).iter().map(|st| st["phase"].clone()).collect();
+    let changes = changes_until_running(&recording, name).await?;
+    let phases: Vec<_> = server_statuses(&changes, name).iter().map(|st| st["phase"].clone()).collect();
     let pending = phases.iter().position(|p| p == "Pending");
     ensure!(
         pending.is_some() && pending < phases.iter().position(|p| p == "Running"),
