@@ -57,7 +57,7 @@ pub use cluster::{
 pub use control::{Backoff, CaptureError, LeaseConfig, capture};
 pub use error::{error_chain, one_line};
 pub use execute::{ActionError, Executor};
-pub use lifecycle::oci::{OciError, Registry};
+pub use lifecycle::oci::{MAX_SIGNATURES, OciError, Registry};
 pub use lifecycle::trust::{ModuleSigner, PinnedDigest, TrustedKey, Untrusted};
 pub use lifecycle::{
     ConfigMapSource, LoadFileError, ModuleSource, OciReference, OciSource, RegistryConfig, SignatureLocation,

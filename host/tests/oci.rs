@@ -19,7 +19,9 @@
 //! - the time from a push to the module being active, over ten pushes, is printed;
 //! - artifacts that are not modules (a container image, two layers, a tar layer, no
 //!   layer) are refused naming what is wrong, and
-//!   an oversized signature is skipped without hiding a valid one.
+//!   an oversized signature is skipped without hiding a valid one; a layer longer
+//!   than its descriptor says is cut off; at most `MAX_SIGNATURES` signatures are
+//!   pulled, however many referrers a module has.
 //!
 //! Nothing asserts a duration.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -37,8 +39,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use wasm_operator::runtime::{ModuleCache, SandboxConfig, SandboxLimits, digest};
 use wasm_operator::{
-    Backoff, ModuleSource, OciSource, OperatorConfig, RegistryConfig, RunningOperator, Scope, TrustPolicy,
-    TrustedKey, start_from_source,
+    Backoff, MAX_SIGNATURES, ModuleSource, OciSource, OperatorConfig, RegistryConfig, RunningOperator, Scope,
+    TrustPolicy, TrustedKey, start_from_source,
 };
 
 const POLL: Duration = Duration::from_secs(1);
@@ -437,6 +439,14 @@ async fn artifacts_that_are_not_modules_are_refused_and_bad_signatures_do_not_hi
         let message = wasm_operator::error_chain(&err);
         ensure!(message.contains(words), "{tag}: {message}");
     }
+    // A layer longer than its descriptor says is cut off while it streams in: the
+    // declared size, checked against the limit first, is what bounds the read.
+    let mut short = wasm.clone();
+    short["size"] = serde_json::json!(8);
+    let understated = raw.manifest("understated", &manifest(&wasm_config, vec![&short])).await?;
+    let err = ours.pull(&reference("understated")?, &understated).await.expect_err("understated layer");
+    let message = wasm_operator::error_chain(&err);
+    ensure!(message.contains("larger than its declared 8 bytes"), "understated layer: {message}");
     let good = raw.manifest("good", &manifest(&wasm_config, vec![&wasm])).await?;
 
     // An oversized signature at the .sig tag is skipped, not an error; a real one as a
@@ -478,5 +488,41 @@ async fn artifacts_that_are_not_modules_are_refused_and_bad_signatures_do_not_hi
     raw.push(&good.replace(':', "-"), &index, "application/vnd.oci.image.index.v1+json").await?;
     let pulled = ours.pull(&reference("good")?, &good).await?;
     ensure!(pulled.signatures == [b"MEUCIQDrealsignaturebytes".to_vec()], "{:?}", pulled.signatures);
+
+    // Anyone who can push can add referrers: a module with many signatures has at
+    // most MAX_SIGNATURES of them pulled.
+    let other_module = b"\0asm\x01\0\0\0 another one".to_vec();
+    let other_wasm = raw.blob(&other_module, "application/wasm").await?;
+    let crowded = raw.manifest("crowded", &manifest(&wasm_config, vec![&other_wasm])).await?;
+    let mut entries = Vec::new();
+    for n in 0..MAX_SIGNATURES + 8 {
+        let layer = raw
+            .blob(
+                format!("MEUCIQsignature{n}").as_bytes(),
+                "application/vnd.wasm-operator.signature.v1+base64",
+            )
+            .await?;
+        let body = signature_manifest(&layer);
+        let at = raw.manifest(&format!("signature-{n}"), &body).await?;
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": at,
+            "size": serde_json::to_vec(&body)?.len(),
+            "artifactType": "application/vnd.wasm-operator.signature.v1",
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    raw.push(&crowded.replace(':', "-"), &index, "application/vnd.oci.image.index.v1+json").await?;
+    let pulled = ours.pull(&reference("crowded")?, &crowded).await?;
+    ensure!(
+        pulled.signatures.len() == MAX_SIGNATURES,
+        "{} signatures pulled of {} referrers; at most {MAX_SIGNATURES} are looked at",
+        pulled.signatures.len(),
+        MAX_SIGNATURES + 8
+    );
     Ok(())
 }

@@ -17,7 +17,9 @@ use super::args::{PushArgs, SignArgs, VerifyArgs};
 use super::failure::Failure;
 use crate::lifecycle::oci::Registry;
 use crate::lifecycle::source::{self, MAX_UPLOAD_BYTES, SourceError};
-use crate::lifecycle::trust::{MAX_SIGNATURE_BYTES, ModuleSigner, TrustPolicy, signature_path};
+use crate::lifecycle::trust::{
+    MAX_SIGNATURE_BYTES, ModuleSigner, TrustPolicy, read_signature_file, signature_path,
+};
 use crate::runtime::{SandboxEngine, digest};
 use std::path::{Path, PathBuf};
 
@@ -30,14 +32,16 @@ fn read_module(path: &Path) -> Result<Vec<u8>, Failure> {
 
 /// The signature in `path`; `None` when `optional` and there is no such file.
 fn read_signature(path: &Path, optional: bool) -> Result<Option<Vec<u8>>, Failure> {
-    match std::fs::read(path) {
-        Ok(bytes) if bytes.len() > MAX_SIGNATURE_BYTES => Err(Failure::failed(format_args!(
-            "{} is {} bytes: not a signature (an ECDSA P-256 signature in base64 is under 100)",
+    match read_signature_file(path) {
+        Ok(Some(bytes)) if bytes.len() > MAX_SIGNATURE_BYTES => Err(Failure::failed(format_args!(
+            "{} is over {MAX_SIGNATURE_BYTES} bytes: not a signature (an ECDSA P-256 signature in base64 is under 100)",
             path.display(),
-            bytes.len()
         ))),
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(err) if optional && err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(Some(bytes)) => Ok(Some(bytes)),
+        Ok(None) if optional => Ok(None),
+        Ok(None) => {
+            Err(Failure::cannot_run(format_args!("cannot read signature {}: no such file", path.display())))
+        }
         Err(err) => Err(Failure::cannot_run(format_args!("cannot read signature {}: {err}", path.display()))),
     }
 }

@@ -26,7 +26,7 @@
 //! ConfigMap's module key.
 
 use super::oci::{OciError, OciSource, Registry, follow_oci};
-use super::trust::{MAX_SIGNATURE_BYTES, SIGNATURE_SUFFIX, signature_path};
+use super::trust::{SIGNATURE_SUFFIX, read_signature_file, signature_path};
 use crate::runtime::digest;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
@@ -345,18 +345,12 @@ async fn stamps(path: &Path) -> Result<(FileStamp, Option<FileStamp>), String> {
 /// Reads the signature file of the module at `path` (`PATH.sig`), if there is one.
 /// A signature file that exists but cannot be read is an error: the module must not
 /// be taken for unsigned then.
+/// Bounded: a signature over the limit is refused later, for its size.
 pub async fn read_signature(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    use tokio::io::AsyncReadExt as _;
-    let file = match tokio::fs::File::open(signature_path(path)).await {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
-    };
-    let mut bytes = Vec::new();
-    // Bounded: a signature is a hundred bytes; one over the limit is refused later.
-    let limit = u64::try_from(MAX_SIGNATURE_BYTES).unwrap_or(u64::MAX).saturating_add(1);
-    file.take(limit).read_to_end(&mut bytes).await?;
-    Ok(Some(bytes))
+    let signature = signature_path(path);
+    tokio::task::spawn_blocking(move || read_signature_file(&signature))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Polls `path` (and its signature, `PATH.sig`) every `interval` and publishes each

@@ -41,6 +41,22 @@ pub fn signature_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Reads the signature file at `path`, at most one byte over [`MAX_SIGNATURE_BYTES`]
+/// (so that an oversized one is refused for its size, and a path to an endless
+/// device does not hang the reader); `None` when there is no such file.
+pub fn read_signature_file(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(MAX_SIGNATURE_BYTES).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
 /// Why a key file is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -424,6 +440,19 @@ AFrHkA0141kCIXEnckz8pTt7hdili0bXhXGyCYIkr74dy8djyPQ4hygZ
         let err = policy.check(b"m", DIGEST, &signature).expect_err("signed, not pinned");
         assert_eq!(err.reason(), "digest");
         assert!(policy.check(b"m", &other, &signature).is_ok());
+    }
+
+    #[test]
+    fn a_signature_file_is_read_bounded_so_an_endless_one_cannot_hang_the_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let endless = dir.path().join("module.wasm.sig");
+        std::os::unix::fs::symlink("/dev/zero", &endless).expect("symlink");
+        let read = read_signature_file(&endless).expect("readable").expect("present");
+        assert_eq!(read.len(), MAX_SIGNATURE_BYTES + 1, "one byte over the limit, then refused for its size");
+        let policy = TrustPolicy::new(vec![public(&signer())], vec![]);
+        let err = policy.check(b"m", DIGEST, &[read]).expect_err("oversized");
+        assert!(crate::error_chain(&err).contains("more than"));
+        assert_eq!(read_signature_file(&dir.path().join("absent.sig")).expect("no error"), None);
     }
 
     #[test]
