@@ -251,3 +251,23 @@ async fn patch_status_replaces_the_whole_status_and_events_regard_the_primary() 
     assert_eq!(found[0], ("Warning".to_owned(), "from the executor".to_owned()));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_status_write_to_a_primary_deleted_meanwhile_is_a_conflict_not_a_failure() -> Result<()> {
+    let s = setup("exec-status-gone").await?;
+    let api = mirror_api(&s.client, s.ns());
+    // As a cache holds it: read, then deleted by someone else.
+    let primary = s.mirror("m").await?;
+    api.delete("m", &Default::default()).await?;
+    eventually("the Mirror to be gone", || async { Ok(api.get_opt("m").await?.is_none().then_some(())) })
+        .await?;
+    let err = s
+        .run(Action::PatchStatus { status: json!({"phase": "Ready"}) }, &primary)
+        .await
+        .expect_err("the primary is gone");
+    assert!(
+        matches!(err, ActionError::Conflict { op: "patchStatus", .. }),
+        "a 404 must mean 'decide again' (which ends the reconcile as gone): {err:?}"
+    );
+    Ok(())
+}

@@ -354,9 +354,22 @@ async fn after_an_api_server_restart_with_compacted_history_the_host_relists_and
             && count("addFinalizer") == 0.0,
         "the relist made the host change objects: {writes:?}"
     );
-    ensure!(count("removeFinalizer") == 1.0, "the finalizer removals were {writes:?}, not the victim's one");
-    ensure!(count("patchStatus") <= 1.0, "statuses were rewritten after the restart: {writes:?}");
-    ensure!(count("event") <= 1.0, "events after the restart: {writes:?}");
+    // Counted by what succeeded: a relist may queue the victim again before the
+    // host's cache has seen it go, and that reconcile's writes answer 404 (a
+    // conflict: decided again on a fresh read, which finds it gone).
+    let done = |op: &str| after.actions(op, "success") - quiet.actions(op, "success");
+    ensure!(done("removeFinalizer") == 1.0, "the finalizer removals were {writes:?}, not the victim's one");
+    ensure!(done("patchStatus") <= 1.0, "statuses were rewritten after the restart: {writes:?}");
+    ensure!(done("event") <= 1.0, "events after the restart: {writes:?}");
+    let attempts = count("removeFinalizer") + count("patchStatus") + count("event");
+    let conflicts: f64 = ["removeFinalizer", "patchStatus"]
+        .iter()
+        .map(|op| after.actions(op, "conflict") - quiet.actions(op, "conflict"))
+        .sum();
+    ensure!(
+        attempts <= 3.0 + 3.0 * conflicts,
+        "cleanup writes beyond one batch and its conflicted repeats: {writes:?}, {conflicts} conflicts"
+    );
 
     // Not one object was created again or deleted, but what belonged to the victim
     // (collected by the garbage collector once it was gone).

@@ -400,11 +400,20 @@ impl Executor {
         self.metrics.write(op);
         let params =
             PatchParams { field_manager: Some(manifest.field_manager.clone()), ..PatchParams::default() };
-        self.primary_api(&primary.key.namespace)
+        match self
+            .primary_api(&primary.key.namespace)
             .patch_status(&primary.key.name, &params, &Patch::Merge(&patch))
             .await
-            .map(Some)
-            .map_err(|source| ActionError::Api { op, target: "the primary's status".into(), source })
+        {
+            Ok(object) => Ok(Some(object)),
+            // The primary went since the cache saw it (a reconcile queued again by a
+            // relist, say): decide again on a fresh read, which ends the reconcile as
+            // gone, not as a failure to retry with backoff.
+            Err(err) if status_code(&err) == Some(404) => {
+                Err(ActionError::Conflict { op, message: err.to_string() })
+            }
+            Err(source) => Err(ActionError::Api { op, target: "the primary's status".into(), source }),
+        }
     }
 
     /// Publishes an event regarding the primary (events.k8s.io/v1).
