@@ -24,6 +24,26 @@ fn successes(metrics: &Metrics) -> u64 {
     metrics.reconciles.get_or_create(&ResultLabels { result: "success".into() }).get()
 }
 
+/// Waits until the host has neither written nor finished a reconcile for a second.
+async fn wait_quiet(metrics: &Metrics) -> Result<()> {
+    let reading = || (metrics.writes_total(), successes(metrics));
+    let mut last = reading();
+    let mut unchanged = 0;
+    eventually("the host to be quiet", || {
+        let now = reading();
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+        let quiet = unchanged >= 3;
+        async move {
+            if !quiet {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            Ok(quiet.then_some(()))
+        }
+    })
+    .await
+}
+
 fn sha(text: &str) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
 }
@@ -83,7 +103,8 @@ async fn configmap_mirror_runs_end_to_end_in_the_host() -> Result<()> {
     .await?;
 
     // Idle: a reconcile of the converged Mirror (triggered by a metadata change)
-    // writes nothing.
+    // writes nothing. The echoes of the update's own writes settle first.
+    wait_quiet(&op.metrics).await?;
     let writes = op.metrics.writes_total();
     let reconciles = successes(&op.metrics);
     let touch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});

@@ -152,8 +152,12 @@ async fn expect_refused(
 ) -> Result<()> {
     let before = op.metrics.module_rejections(reason);
     push(client, namespace, candidate.0, candidate.1).await?;
-    eventually(&format!("a candidate to be refused ({words})"), || async {
-        Ok((op.metrics.module_rejections(reason) > before).then_some(()))
+    // This candidate's own refusal: the last one's message names why (an earlier
+    // refusal's event may carry the same words).
+    let endpoint = eventually(&format!("a candidate to be refused ({words})"), || async {
+        let endpoint = module_endpoint(op).await?;
+        let message = endpoint["lastRejection"]["message"].as_str().unwrap_or_default().to_owned();
+        Ok((op.metrics.module_rejections(reason) > before && message.contains(words)).then_some(endpoint))
     })
     .await?;
     assert_eq!(op.active.current().module.digest(), active, "the active module must stay ({words})");
@@ -162,7 +166,6 @@ async fn expect_refused(
         Ok(notes.iter().any(|(kind, note)| kind == "Warning" && note.contains(words)).then_some(()))
     })
     .await?;
-    let endpoint = module_endpoint(op).await?;
     assert_eq!(endpoint["lastRejection"]["reason"], reason, "{endpoint}");
     assert_eq!(endpoint["lastRejection"]["digest"], digest(candidate.0), "{endpoint}");
     Ok(())

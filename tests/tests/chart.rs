@@ -329,7 +329,18 @@ async fn user_with(cluster: &e2e::Cluster, namespace: &str, role: &str, user: &s
     Api::<RoleBinding>::namespaced(admin, namespace).create(&PostParams::default(), &binding).await?;
     let path = test_dir(namespace)?.join(format!("{user}.kubeconfig"));
     write_impersonating_kubeconfig(cluster, user, &path)?;
-    e2e::deploy::client_from_kubeconfig(&path).await
+    let client = e2e::deploy::client_from_kubeconfig(&path).await?;
+    // RBAC's informers see the new binding a moment later; every role here lists.
+    let servers = &dittoservers_in(client.clone(), namespace);
+    wait_until(format!("{user}'s {role} binding to take effect"), e2e::DEFAULT_TIMEOUT, || async move {
+        match servers.list(&ListParams::default()).await {
+            Ok(_) => Ok(Some(())),
+            Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    })
+    .await?;
+    Ok(client)
 }
 
 /// DittoServers of `namespace`, as `client`.
