@@ -51,9 +51,20 @@ async fn binary() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
 }
 
-/// A free loopback port (taken by binding port 0, then released).
+/// A free loopback port below the kernel's ephemeral range (which starts at 32768
+/// by default), as tests/cluster/up.sh picks its own: port 0 would hand out one from
+/// that range, which any outgoing connection may take before the registry binds it,
+/// or while it is stopped between [`TestRegistry::stop`] and [`TestRegistry::resume`].
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::hash::{BuildHasher as _, RandomState};
+    let random = RandomState::new();
+    for attempt in 0u32..200 {
+        let port = 20000 + u16::try_from(random.hash_one(attempt) % 12000).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between 20000 and 32000 after 200 tries")
 }
 
 impl TestRegistry {
