@@ -297,25 +297,22 @@ impl RunningOperator {
             config.concurrency,
         );
         let mut http_tasks = Vec::new();
-        let metrics_addr = match config.metrics_addr {
-            Some(addr) => {
-                let (local, task) =
-                    serve(addr, http::metrics_router(state.clone()), shutdown_rx.clone()).await?;
-                tracing::info!(addr = %local, "serving /metrics");
-                http_tasks.push(task);
-                Some(local)
-            }
-            None => None,
-        };
-        let probe_addr = match config.probe_addr {
-            Some(addr) => {
-                let (local, task) = serve(addr, http::probe_router(state), shutdown_rx.clone()).await?;
-                tracing::info!(addr = %local, "serving /healthz, /readyz and /module");
-                http_tasks.push(task);
-                Some(local)
-            }
-            None => None,
-        };
+        let metrics_addr = serve(
+            config.metrics_addr,
+            http::metrics_router(state.clone()),
+            "/metrics",
+            shutdown_rx.clone(),
+            &mut http_tasks,
+        )
+        .await?;
+        let probe_addr = serve(
+            config.probe_addr,
+            http::probe_router(state),
+            "/healthz, /readyz and /module",
+            shutdown_rx.clone(),
+            &mut http_tasks,
+        )
+        .await?;
         // The elector stops only after the workers have drained (see `shutdown`).
         let (elector_stop, elector_stop_rx) = channel::channel(false);
         let (leading_rx, elector_task) = elect(&client, config.leader, &metrics, elector_stop_rx);
@@ -452,16 +449,22 @@ fn http_state(
     HttpState { metrics: metrics.clone(), active: active.clone(), ready, healthy, refresh }
 }
 
-/// Binds `addr` and serves `router` until shutdown; returns the bound address.
+/// Binds `addr`, if one is given, and serves `router` (its `paths`, for the log)
+/// until shutdown, adding the task to `tasks`; returns the bound address.
 async fn serve(
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     router: axum::Router,
+    paths: &str,
     shutdown: channel::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<std::io::Result<()>>), StartError> {
+    tasks: &mut Vec<JoinHandle<std::io::Result<()>>>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let Some(addr) = addr else { return Ok(None) };
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
-    Ok((local, tokio::spawn(http::serve(listener, router, shutdown))))
+    tracing::info!(addr = %local, "serving {paths}");
+    tasks.push(tokio::spawn(http::serve(listener, router, shutdown)));
+    Ok(Some(local))
 }
 
 /// Whether this replica may reconcile, as a channel: with a Lease, what the elector
