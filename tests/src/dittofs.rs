@@ -248,10 +248,18 @@ impl Scenario {
     /// reconcile queued before the touch runs before (or as) the one it triggers.
     pub async fn touch_and_reconcile(&self, name: &str, value: &str) -> Result<Option<String>> {
         let op = self.operator()?;
-        let before = op.metrics().await?.reconciles("success");
+        let before = op.metrics().await?;
+        let (adds, successes) = (before.sum("workqueue_adds_total", &[]), before.reconciles("success"));
         let written = self.touch(name, value).await?.resource_version();
+        // The touch's own reconcile, not one that was running already: a key queued
+        // after the touch, the queue drained since, no worker busy, one more success.
         wait_until(format!("a reconcile of {name} after touching it"), DEFAULT_TIMEOUT, || async move {
-            Ok((op.metrics().await?.reconciles("success") > before).then_some(()))
+            let now = op.metrics().await?;
+            let done = now.sum("workqueue_adds_total", &[]) > adds
+                && now.sum("workqueue_depth", &[]) == 0.0
+                && now.sum("controller_runtime_active_workers", &[]) == 0.0
+                && now.reconciles("success") > successes;
+            Ok(done.then_some(()))
         })
         .await
         .with_context(|| self.diagnosis(name))?;
