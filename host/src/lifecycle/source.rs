@@ -344,8 +344,8 @@ async fn stamps(path: &Path) -> Result<(FileStamp, Option<FileStamp>), String> {
 
 /// Reads the signature file of the module at `path` (`PATH.sig`), if there is one.
 /// A signature file that exists but cannot be read is an error: the module must not
-/// be taken for unsigned then.
-/// Bounded: a signature over the limit is refused later, for its size.
+/// be taken for unsigned then. Bounded ([`read_signature_file`]): a signature over
+/// the limit is refused later, for its size.
 pub async fn read_signature(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let signature = signature_path(path);
     tokio::task::spawn_blocking(move || read_signature_file(&signature))

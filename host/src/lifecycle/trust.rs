@@ -445,6 +445,12 @@ AFrHkA0141kCIXEnckz8pTt7hdili0bXhXGyCYIkr74dy8djyPQ4hygZ
     #[test]
     fn a_signature_file_is_read_bounded_so_an_endless_one_cannot_hang_the_reader() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // A large file first: without the bound it is read whole and this fails,
+        // before the endless one below could hang the test.
+        let large = dir.path().join("large.sig");
+        std::fs::write(&large, vec![b'A'; 1 << 20]).expect("write");
+        let read = read_signature_file(&large).expect("readable").expect("present");
+        assert_eq!(read.len(), MAX_SIGNATURE_BYTES + 1, "a large signature file must be read bounded");
         let endless = dir.path().join("module.wasm.sig");
         std::os::unix::fs::symlink("/dev/zero", &endless).expect("symlink");
         let read = read_signature_file(&endless).expect("readable").expect("present");
