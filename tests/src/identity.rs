@@ -63,6 +63,26 @@ pub fn dittofs_rules(denied: &[(&str, &str)]) -> Vec<PolicyRule> {
     rules
 }
 
+/// Waits until `request` (made as some identity) is no longer forbidden: RBAC's
+/// informers see a new binding a moment after it is written.
+pub async fn wait_until_allowed<T, F, Fut>(what: impl std::fmt::Display, mut request: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    crate::wait_until(what, crate::DEFAULT_TIMEOUT, || {
+        let response = request();
+        async move {
+            match response.await {
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
+                Err(err) => Err(err.into()),
+            }
+        }
+    })
+    .await
+}
+
 /// Creates ServiceAccount `name` in `namespace` and a Role and RoleBinding (both
 /// `name`) granting it `rules` there. Returns the account's user name,
 /// `system:serviceaccount:<namespace>:<name>`.

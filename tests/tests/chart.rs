@@ -26,7 +26,7 @@ use e2e::converge::{Percona, Servers};
 use e2e::deploy::{Kubectl, deploy_dir, deploy_mk_args, generate, service_account_kubeconfig, test_dir};
 use e2e::helm::{Helm, Release, chart_dir};
 use e2e::host_process::{HostOptions, HostProcess};
-use e2e::identity::write_impersonating_kubeconfig;
+use e2e::identity::{wait_until_allowed, write_impersonating_kubeconfig};
 use e2e::{TestNamespace, apply_yaml, cluster, parse_yaml, wait_until};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -330,16 +330,9 @@ async fn user_with(cluster: &e2e::Cluster, namespace: &str, role: &str, user: &s
     let path = test_dir(namespace)?.join(format!("{user}.kubeconfig"));
     write_impersonating_kubeconfig(cluster, user, &path)?;
     let client = e2e::deploy::client_from_kubeconfig(&path).await?;
-    // RBAC's informers see the new binding a moment later; every role here lists.
-    let servers = &dittoservers_in(client.clone(), namespace);
-    wait_until(format!("{user}'s {role} binding to take effect"), e2e::DEFAULT_TIMEOUT, || async move {
-        match servers.list(&ListParams::default()).await {
-            Ok(_) => Ok(Some(())),
-            Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    })
-    .await?;
+    // Every role here lists.
+    let (servers, params) = (dittoservers_in(client.clone(), namespace), ListParams::default());
+    wait_until_allowed(format!("{user}'s {role} binding to take effect"), || servers.list(&params)).await?;
     Ok(client)
 }
 

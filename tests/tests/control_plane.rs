@@ -6,11 +6,12 @@
 //! to zero removes it.
 
 use anyhow::{Context as _, Result, ensure};
+use e2e::identity::wait_until_allowed;
 use e2e::{DEFAULT_TIMEOUT, TestNamespace, cluster, wait_until};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, Resource as _, ResourceExt as _};
 
 /// A finalizer of the test's own, so that a dependent stays visible while the
@@ -197,19 +198,10 @@ async fn rbac_denies_a_service_account_without_permissions() -> Result<()> {
         }]),
     };
     Api::<RoleBinding>::namespaced(admin, ns.name()).create(&PostParams::default(), &binding).await?;
-    let as_account = &as_account;
-    wait_until(
-        "the service account to be allowed to list config maps once bound to a role",
-        DEFAULT_TIMEOUT,
-        || async move {
-            match as_account.list(&Default::default()).await {
-                Ok(_) => Ok(Some(())),
-                // RBAC's informers see the new binding a moment later.
-                Err(kube::Error::Api(status)) if status.code == 403 => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        },
-    )
+    let params = ListParams::default();
+    wait_until_allowed("the service account to be allowed to list config maps once bound to a role", || {
+        as_account.list(&params)
+    })
     .await?;
     Ok(())
 }
